@@ -1,0 +1,27 @@
+"""Keep what was learned when a run dies: a checkpoint written from the exception handler."""
+
+from __future__ import annotations
+
+import os
+
+import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_warn
+
+
+class CrashCheckpoint(pl.Callback):
+    """On an exception (including Ctrl-C), write ``on_exception.ckpt`` beside the run's checkpoints.
+
+    ``dmac fit --ckpt_path last`` resumes from whichever of ``last.ckpt`` and this is newer.
+    """
+
+    FILENAME = "on_exception.ckpt"
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        checkpoint = trainer.checkpoint_callback
+        directory = getattr(checkpoint, "dirpath", None)
+        if directory is None or pl_module.env_info is None:
+            return
+        try:
+            trainer.save_checkpoint(os.path.join(directory, self.FILENAME))
+        except Exception as error:  # the original exception matters more than this one
+            rank_zero_warn(f"could not write {self.FILENAME} after {type(exception).__name__}: {error}")

@@ -1,0 +1,362 @@
+"""Episodes from a TorchRL collector, padded to the episode limit, served from a replay buffer.
+
+Data flow: ``Collector`` (policy = the LightningModule's current actor, same weights, no copy)
+-> complete episodes -> :func:`pad_episodes` -> ``TensorDictReplayBuffer(LazyTensorStorage)``
+-> :class:`EpisodeStream` yields ``updates_per_collect`` sampled batches after every collect.
+
+A stored episode is a TensorDict of batch ``[]`` whose entries have a time dimension of
+``episode_limit + 1``: step ``t`` holds the observation, action mask and state seen at ``t``, the
+action taken, and the reward and termination that followed. The extra last slot holds the
+observation after the final step (the bootstrap state). ``filled`` marks the steps where an action
+was taken; padding has zero observations and all actions available (so masked softmaxes stay finite).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from typing import Any, Iterator, Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torch.utils.data import DataLoader, IterableDataset
+from torchrl.collectors import Collector
+from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.data.replay_buffers import RandomSampler, SamplerWithoutReplacement
+from torchrl.envs import EnvBase, TensorDictPrimer, TransformedEnv
+
+from dmac_lightning.envs import EnvInfo, check_env_config, make_env
+from dmac_lightning.envs.common import ACTION, ACTION_MASK, BATTLE_WON, OBSERVATION, STATE
+
+Regime = Literal["off_policy", "on_policy", "mixed"]
+_STEP_KEYS = (OBSERVATION, ACTION_MASK, STATE)
+
+
+def pad_episodes(data: TensorDictBase, episode_limit: int) -> TensorDict:
+    """Collector output ``[k, T]`` (padded, with ``("collector", "mask")``) -> ``k`` stored episodes."""
+    valid = data.get(("collector", "mask"))
+    n_episodes, steps = valid.shape
+    if steps > episode_limit:
+        raise RuntimeError(
+            f"an episode lasted {steps} steps, longer than the env's episode_limit {episode_limit}"
+        )
+    lengths = valid.sum(1)
+    rows = torch.arange(n_episodes, device=valid.device)
+    last = lengths - 1
+    padded_len = episode_limit + 1
+    out = TensorDict({}, batch_size=[n_episodes], device=data.device)
+    for key in _STEP_KEYS:
+        now, after = data.get(key), data.get(("next", *key) if isinstance(key, tuple) else ("next", key))
+        fill = key == ACTION_MASK
+        series = torch.full((n_episodes, padded_len, *now.shape[2:]), fill, dtype=now.dtype, device=now.device)
+        mask = valid.view(n_episodes, steps, *([1] * (now.dim() - 2)))
+        series[:, :steps] = torch.where(mask, now, series[:, :steps])
+        series[rows, lengths] = after[rows, last]
+        out.set(key, series)
+    actions = data.get(ACTION)
+    stored_actions = torch.zeros((n_episodes, padded_len, *actions.shape[2:]), dtype=actions.dtype, device=actions.device)
+    stored_actions[:, :steps] = actions * valid.view(n_episodes, steps, *([1] * (actions.dim() - 2)))
+    out.set(ACTION, stored_actions)
+    for key in ("reward", "terminated"):
+        value = data.get(("next", key))
+        series = torch.zeros((n_episodes, padded_len, 1), dtype=value.dtype, device=value.device)
+        series[:, :steps] = value * valid.unsqueeze(-1)
+        out.set(key, series)
+    filled = torch.zeros(n_episodes, padded_len, dtype=torch.bool, device=valid.device)
+    filled[:, :steps] = valid
+    out.set("filled", filled)
+    out.set("episode_length", lengths)
+    if ("next", *BATTLE_WON) in data.keys(include_nested=True):
+        out.set("battle_won", data.get(("next", *BATTLE_WON))[rows, last, 0])
+    return out
+
+
+def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        values = values.clone()
+        torch.distributed.all_reduce(values)
+    return values
+
+
+class EpisodeStream(IterableDataset):
+    """One training epoch: collect, then yield ``updates_per_collect`` batches, until the epoch's env steps."""
+
+    def __init__(self, datamodule: EpisodeDataModule) -> None:
+        self.datamodule = datamodule
+
+    def __iter__(self) -> Iterator[TensorDictBase]:
+        data = self.datamodule
+        epoch_end = min(data.max_env_steps, (data.env_steps // data.env_steps_per_epoch + 1) * data.env_steps_per_epoch)
+        while data.env_steps < epoch_end:
+            data.collect()
+            if not data.can_sample():
+                continue
+            for _ in range(data.updates_per_collect):
+                yield data.sample()
+
+
+class EpisodeDataModule(pl.LightningDataModule):
+    """Collects episodes with the module's current policy and serves batches of whole episodes.
+
+    Args:
+        env: registered env key (``stochastic_game``; ``smax``, ``smac``, ``smacv2`` when installed).
+        env_kwargs: the env's own settings (e.g. ``n_states``, ``map_name``).
+        n_envs: environments stepped together in one batch.
+        episodes_per_collect: complete episodes collected between two rounds of updates.
+        updates_per_collect: sampled batches (gradient updates) after every collect.
+        batch_size: episodes per batch.
+        buffer_size: replay capacity in episodes (on-policy algorithms keep only the fresh episodes).
+        max_env_steps: training stops once this many env steps (summed over ranks) were collected.
+        env_steps_per_epoch: a Lightning epoch, and so a checkpoint, every this many env steps.
+        seed: rollout seed; defaults to the run's ``seed_everything``. Rank r uses ``seed + r``.
+        env_device: where envs step and episodes are stored; defaults to the module's device.
+    """
+
+    def __init__(
+        self,
+        env: str = "stochastic_game",
+        env_kwargs: dict[str, Any] | None = None,
+        n_envs: int = 8,
+        episodes_per_collect: int = 8,
+        updates_per_collect: int = 1,
+        batch_size: int = 32,
+        buffer_size: int = 5000,
+        max_env_steps: int = 100_000,
+        env_steps_per_epoch: int = 10_000,
+        seed: int | None = None,
+        env_device: str | None = None,
+    ) -> None:
+        super().__init__()
+        env_kwargs = dict(env_kwargs or {})
+        check_env_config(env, env_kwargs)
+        for name, value in (
+            ("n_envs", n_envs),
+            ("episodes_per_collect", episodes_per_collect),
+            ("updates_per_collect", updates_per_collect),
+            ("batch_size", batch_size),
+            ("buffer_size", buffer_size),
+            ("max_env_steps", max_env_steps),
+            ("env_steps_per_epoch", env_steps_per_epoch),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"data.{name} must be an integer >= 1, got {value!r}")
+        if batch_size > buffer_size:
+            raise ValueError(
+                f"data.batch_size ({batch_size}) is larger than the replay buffer (data.buffer_size = {buffer_size}); "
+                "allowed: 1 <= batch_size <= buffer_size"
+            )
+        self.save_hyperparameters()
+        self.env_name, self.env_kwargs = env, env_kwargs
+        self.n_envs, self.episodes_per_collect, self.updates_per_collect = n_envs, episodes_per_collect, updates_per_collect
+        self.batch_size, self.buffer_size = batch_size, buffer_size
+        self.max_env_steps, self.env_steps_per_epoch = max_env_steps, env_steps_per_epoch
+        self._seed, self._env_device = seed, env_device
+        self.env: EnvBase | None = None
+        self.env_info: EnvInfo | None = None
+        self.replay: TensorDictReplayBuffer | None = None
+        self.fresh: TensorDictReplayBuffer | None = None
+        self._collector: Collector | None = None
+        self._batches: Iterator[TensorDictBase] | None = None
+        # Counters are global (summed over ranks) so every rank agrees on epochs and on stopping.
+        self.env_steps = 0
+        self.episodes = 0
+        self.collects = 0
+        self.last_collect: dict[str, float] = {}
+        self._log_clock: tuple[float, int] | None = None
+        self._pending_rng: dict | None = None
+
+    # -- set-up ---------------------------------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
+
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    @property
+    def seed(self) -> int:
+        base = self._seed if self._seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return base + self.rank
+
+    @property
+    def device(self) -> torch.device:
+        if self._env_device is not None:
+            return torch.device(self._env_device)
+        if self.trainer is not None:
+            return self.trainer.strategy.root_device
+        return torch.device("cpu")
+
+    @property
+    def regime(self) -> Regime:
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return getattr(module, "data_regime", "off_policy")
+
+    def make_env(self, n_envs: int, seed: int) -> EnvBase:
+        return make_env(self.env_name, self.env_kwargs, n_envs=n_envs, seed=seed, device=self.device)
+
+    def setup(self, stage: str) -> None:
+        if self.env is not None:
+            return
+        self.env = self.make_env(self.n_envs, self.seed)
+        self.env_info = self.env.info
+        regime = self.regime
+        if regime in ("on_policy", "mixed"):
+            if self.batch_size > self.episodes_per_collect and regime == "on_policy":
+                raise ValueError(
+                    f"data.batch_size ({self.batch_size}) is larger than the on-policy buffer, which holds only the "
+                    f"{self.episodes_per_collect} fresh episodes of a collect (data.episodes_per_collect); allowed: "
+                    f"1 <= batch_size <= {self.episodes_per_collect}"
+                )
+            self.fresh = self._buffer(self.episodes_per_collect, min(self.batch_size, self.episodes_per_collect), fresh=True)
+        if regime in ("off_policy", "mixed"):
+            self.replay = self._buffer(self.buffer_size, self.batch_size, fresh=False)
+
+    def _buffer(self, capacity: int, batch_size: int, fresh: bool) -> TensorDictReplayBuffer:
+        sampler = SamplerWithoutReplacement() if fresh else RandomSampler()
+        storage = LazyTensorStorage(capacity, device=self.device)
+        return TensorDictReplayBuffer(storage=storage, sampler=sampler, batch_size=batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(EpisodeStream(self), batch_size=None, collate_fn=_identity)
+
+    def wrap_env(self, env: EnvBase) -> TransformedEnv:
+        """Add the module's carried per-step state (e.g. GRU hidden state) to ``env``'s specs."""
+        spec = self.trainer.lightning_module.carried_state_spec(env.batch_size[0])
+        return TransformedEnv(env, TensorDictPrimer(spec, expand_specs=False))
+
+    def _ensure_collector(self) -> None:
+        if self._collector is not None:
+            return
+        self._apply_pending_rng()
+        module = self.trainer.lightning_module
+        env = self.wrap_env(self.env)
+        self._collector = Collector(
+            env,
+            module.exploration_policy,
+            frames_per_batch=self.n_envs,
+            trajs_per_batch=self.episodes_per_collect,
+            traj_format="padded",
+            total_frames=-1,
+            trust_policy=True,
+            auto_register_policy_transforms=False,
+            env_device=self.device,
+            policy_device=module.device,
+            storing_device=self.device,
+        )
+        self._batches = iter(self._collector)
+
+    # -- collection -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def collect(self) -> TensorDict:
+        """Collect ``episodes_per_collect`` complete episodes into the buffers; update the counters."""
+        self._ensure_collector()
+        episodes = pad_episodes(next(self._batches), self.env_info.episode_limit)
+        for buffer in (self.fresh, self.replay):
+            if buffer is not None:
+                buffer.extend(episodes)
+        returns = episodes.get("reward").sum((1, 2))
+        stats = torch.stack(
+            [
+                episodes.get("episode_length").sum().float(),
+                torch.tensor(float(episodes.batch_size[0]), device=returns.device),
+                returns.sum(),
+                episodes.get("battle_won").float().sum() if "battle_won" in episodes.keys() else returns.new_zeros(()),
+            ]
+        )
+        steps, count, return_sum, wins = _all_reduce_sum(stats).tolist()
+        self.env_steps += int(steps)
+        self.episodes += int(count)
+        self.collects += 1
+        self.last_collect = {
+            "train/episode_return": return_sum / count,
+            "train/episode_length": steps / count,
+            "train/episodes": float(self.episodes),
+        }
+        if self.env_info.reports_wins:
+            self.last_collect["train/win_rate"] = wins / count
+        self.last_collect.update({f"train/{k}": v for k, v in getattr(self.env, "train_metrics", dict)().items()})
+        self._log_collect()
+        return episodes
+
+    def _log_collect(self) -> None:
+        now = time.perf_counter()
+        if self._log_clock is not None:
+            then, steps_then = self._log_clock
+            if now > then:
+                self.last_collect["train/env_steps_per_s"] = (self.env_steps - steps_then) / (now - then)
+        self._log_clock = (now, self.env_steps)
+        if self.trainer is not None and self.trainer.logger is not None and self.trainer.is_global_zero:
+            self.trainer.logger.log_metrics(self.last_collect, step=self.env_steps)
+
+    def can_sample(self) -> bool:
+        buffer = self.replay if self.replay is not None else self.fresh
+        return len(buffer) >= buffer.batch_size if buffer is not None else False
+
+    def sample(self) -> TensorDictBase:
+        if self.regime == "on_policy":
+            return self.fresh.sample()
+        if self.regime == "off_policy":
+            return self.replay.sample()
+        return TensorDict({"fresh": self.fresh.sample(), "replay": self.replay.sample()}, batch_size=[])
+
+    @property
+    def budget_reached(self) -> bool:
+        return self.env_steps >= self.max_env_steps
+
+    # -- checkpointing --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "env_steps": self.env_steps,
+            "episodes": self.episodes,
+            "collects": self.collects,
+            "world_size": self.world_size,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+        if torch.cuda.is_available():
+            state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        if self.env is not None and hasattr(self.env, "rng_state"):
+            state["rng"]["env"] = self.env.rng_state()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.env_steps = int(state_dict["env_steps"])
+        self.episodes = int(state_dict["episodes"])
+        self.collects = int(state_dict["collects"])
+        self._pending_rng = state_dict.get("rng") if state_dict.get("world_size", 1) == self.world_size == 1 else None
+        if self._pending_rng is None:
+            # Several ranks share one saved state: give each rank its own stream again.
+            generator_seed = self.seed * 1_000_003 + self.env_steps
+            torch.manual_seed(generator_seed)
+            if self.env is not None:
+                self.env.set_seed(generator_seed)
+        self._log_clock = None
+
+    def _apply_pending_rng(self) -> None:
+        rng, self._pending_rng = self._pending_rng, None
+        if not rng:
+            return
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        if "env" in rng and self.env is not None and hasattr(self.env, "set_rng_state"):
+            self.env.set_rng_state(rng["env"])
+
+    def teardown(self, stage: str) -> None:
+        if self._collector is not None:
+            self._collector.shutdown()
+            self._collector = None
+            self._batches = None
+
+
+def _identity(batch: Any) -> Any:
+    return batch

@@ -1,0 +1,3 @@
+from dmac_lightning.cli import main
+
+main()

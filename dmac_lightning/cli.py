@@ -1,0 +1,114 @@
+"""``dmac``: the LightningCLI (fit / validate / test) with RL-sensible defaults.
+
+Defaults on top of Lightning's: runs go to ``lightning_logs/<env>/<Algorithm>/version_N`` (TensorBoard
+events, ``config.yaml``, ``checkpoints/``); an epoch is ``data.env_steps_per_epoch`` env steps and a
+checkpoint (``last.ckpt``) is written after each; an exception writes ``on_exception.ckpt``;
+``--ckpt_path last`` resumes the newest run of the same env and algorithm, in its own directory.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Any
+
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from callbacks import Evaluation, RLProgressBar
+from callbacks.checkpoint import CrashCheckpoint
+from datamodules import EpisodeDataModule
+from dmac_lightning.algorithms import ALGORITHMS, MultiAgentModule
+
+LOG_ROOT = "lightning_logs"
+AUTO = "auto"
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "max_epochs": -1,
+    "devices": 1,
+    "num_sanity_val_steps": 0,
+    "log_every_n_steps": 10,
+    "enable_model_summary": False,
+    "logger": {
+        "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": LOG_ROOT, "name": AUTO, "default_hp_metric": False, "flush_secs": 5},
+    },
+}
+
+
+def persistent_callbacks(progress_bar: bool = True) -> list:
+    """Always present: a checkpoint per epoch (``last.ckpt``), one on exceptions, the RL progress bar."""
+    callbacks = [ModelCheckpoint(save_last=True, every_n_epochs=1), CrashCheckpoint()]
+    return callbacks + [RLProgressBar()] if progress_bar else callbacks
+
+
+def run_name(model_class_path: str, env: str, env_kwargs: dict[str, Any] | None) -> str:
+    """``<env>[_<map>]/<Algorithm>``: where a run's logs and checkpoints go."""
+    env_label = env
+    map_name = (env_kwargs or {}).get("map_name")
+    if map_name:
+        env_label = f"{env}_{map_name}"
+    return f"{env_label}/{model_class_path.rsplit('.', 1)[-1]}"
+
+
+def newest_run_checkpoint(save_dir: str, name: str) -> tuple[str, str] | None:
+    """``(checkpoint path, version)``: the newest ``last.ckpt`` or ``on_exception.ckpt`` under ``save_dir/name``."""
+    candidates = [
+        path
+        for filename in ("last.ckpt", CrashCheckpoint.FILENAME)
+        for path in glob.glob(os.path.join(save_dir, name, "*", "checkpoints", filename))
+    ]
+    if not candidates:
+        return None
+    newest = max(candidates, key=os.path.getmtime)
+    return newest, os.path.basename(os.path.dirname(os.path.dirname(newest)))
+
+
+class DMACCLI(LightningCLI):
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            MultiAgentModule,
+            EpisodeDataModule,
+            subclass_mode_model=True,
+            trainer_defaults={**TRAINER_DEFAULTS, "callbacks": persistent_callbacks()},
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+        )
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name in ("fit", "validate", "test")}
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(Evaluation, "evaluation")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        self.trainer_defaults["callbacks"] = persistent_callbacks(config.trainer.enable_progress_bar is not False)
+        class_path = config.model.class_path
+        if class_path.rsplit(".", 1)[-1] not in ALGORITHMS:
+            raise ValueError(f"model: unknown algorithm {class_path!r}; allowed values: {', '.join(ALGORITHMS)}")
+        logger = config.trainer.logger
+        init_args = getattr(logger, "init_args", None)
+        if init_args is None or getattr(init_args, "name", None) != AUTO:
+            return
+        init_args.name = run_name(class_path, config.data.env, config.data.env_kwargs)
+        if self.subcommand == "fit" and config.ckpt_path == "last":
+            found = newest_run_checkpoint(init_args.save_dir, init_args.name)
+            if found is None:
+                raise FileNotFoundError(
+                    f"--ckpt_path last: no run of {init_args.name} has a last.ckpt under "
+                    f"{os.path.join(init_args.save_dir, init_args.name)}"
+                )
+            config.ckpt_path, init_args.version = found
+
+
+def main(args: list[str] | None = None) -> None:
+    DMACCLI(args=args)
+
+
+if __name__ == "__main__":
+    main()

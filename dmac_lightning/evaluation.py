@@ -1,0 +1,46 @@
+"""Unbiased evaluation: every env runs exactly one episode per round (no bias to short episodes)."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.envs import EnvBase
+
+from dmac_lightning.envs.common import BATTLE_WON
+
+
+@torch.no_grad()
+def evaluate_episodes(
+    env: EnvBase, policy: Callable[[TensorDictBase], TensorDictBase], episodes: int, episode_limit: int
+) -> dict[str, float]:
+    """Mean return, episode length (and win rate where the env reports wins) over ``episodes`` episodes.
+
+    ``env`` runs ``n`` episodes in parallel per round; each env's first episode counts.
+    """
+    n_envs = env.batch_size[0]
+    returns, lengths, wins = [], [], []
+    reports_wins = getattr(getattr(env, "info", None), "reports_wins", False) or BATTLE_WON in env.observation_spec.keys(True)
+    for _ in range(math.ceil(episodes / n_envs)):
+        rollout = env.rollout(episode_limit, policy, break_when_any_done=False, trust_policy=True)
+        done = rollout.get(("next", "done"))[..., 0]  # [n_envs, T]
+        steps = torch.arange(done.shape[1], device=done.device)
+        first_done = torch.where(done.any(1), done.float().argmax(1), done.shape[1] - 1)
+        in_first = steps[None] <= first_done[:, None]
+        returns.append((rollout.get(("next", "reward"))[..., 0] * in_first).sum(1))
+        lengths.append(first_done + 1)
+        if reports_wins:
+            won = rollout.get(("next", *BATTLE_WON))[..., 0]
+            wins.append(won.gather(1, first_done[:, None])[:, 0])
+    metrics = {
+        "return": torch.cat(returns)[:episodes].float().mean().item(),
+        "episode_length": torch.cat(lengths)[:episodes].float().mean().item(),
+    }
+    if reports_wins:
+        metrics["win_rate"] = torch.cat(wins)[:episodes].float().mean().item()
+    optimum = getattr(env, "optimal_return", None)
+    if optimum:
+        metrics["return_ratio"] = metrics["return"] / optimum
+    return metrics

@@ -1,0 +1,45 @@
+"""Return targets over padded episode batches (no regularisation here: see ``divergence``)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def lambda_returns(
+    rewards: torch.Tensor,
+    terminated: torch.Tensor,
+    filled: torch.Tensor,
+    next_values: torch.Tensor,
+    gamma: float,
+    td_lambda: float,
+) -> torch.Tensor:
+    """TD(lambda) targets ``G_t = r_t + gamma (1 - term_t) ((1 - lambda) V_{t+1} + lambda G_{t+1})``.
+
+    All inputs are ``[B, T, ...]`` (trailing dims broadcast, e.g. one target per agent):
+    ``rewards`` and ``terminated`` of step t, ``filled`` whether step t is a real step of the episode,
+    ``next_values`` the bootstrap value of the state after step t. At the last real step the recursion is
+    cut: ``G_{t+1}`` is replaced by ``V_{t+1}`` (a one-step target; multiplied by zero when terminated,
+    kept when the episode was truncated by a time limit). Entries past the episode end are garbage and
+    must be masked by the caller.
+    """
+    rewards, terminated, filled, next_values = torch.broadcast_tensors(
+        rewards, terminated.to(rewards.dtype), filled.to(torch.bool), next_values
+    )
+    returns = torch.zeros_like(next_values)
+    steps = rewards.shape[1]
+    following = next_values[:, steps - 1]
+    for t in range(steps - 1, -1, -1):
+        if t + 1 < steps:
+            following = torch.where(
+                filled[:, t + 1],
+                (1 - td_lambda) * next_values[:, t] + td_lambda * returns[:, t + 1],
+                next_values[:, t],
+            )
+        returns[:, t] = rewards[:, t] + gamma * (1 - terminated[:, t]) * following
+    return returns
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over the entries where ``mask`` is true (broadcast), zero if none."""
+    mask = mask.to(values.dtype).expand_as(values)
+    return (values * mask).sum() / mask.sum().clamp(min=1)

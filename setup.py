@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="dmac-lightning",
+    version="0.1.0",
+    description="Divergence-regularized multi-agent actor-critic (DMAC) for five MARL families, on PyTorch Lightning",
+    python_requires=">=3.10",
+    packages=find_packages(include=["dmac_lightning", "dmac_lightning.*", "datamodules", "datamodules.*", "callbacks", "callbacks.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "torchrl==0.14.1",
+        "tensordict==0.14.3",
+        "pytorch-lightning==2.6.6",
+        "tensorboard==2.21.0",
+        "jsonargparse[signatures]>=4.39,<5",
+        "numpy",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout", "hypothesis", "matplotlib"],
+        "smax": ["jaxmarl==0.2.0"],
+        "smac": ["pysc2", "protobuf>=4"],
+        "plots": ["matplotlib"],
+    },
+    entry_points={"console_scripts": ["dmac=dmac_lightning.cli:main"]},
+)
