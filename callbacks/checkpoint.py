@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
@@ -16,10 +17,18 @@ class CrashCheckpoint(pl.Callback):
 
     FILENAME = "on_exception.ckpt"
 
+    def __init__(self) -> None:
+        self.trained_this_session = False
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self.trained_this_session = True
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # Before the first update of this session (e.g. a failed restore) there is nothing new to keep,
+        # and writing would shadow the checkpoint we were resuming from.
         checkpoint = trainer.checkpoint_callback
         directory = getattr(checkpoint, "dirpath", None)
-        if directory is None or pl_module.env_info is None:
+        if directory is None or not self.trained_this_session:
             return
         try:
             trainer.save_checkpoint(os.path.join(directory, self.FILENAME))

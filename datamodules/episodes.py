@@ -167,6 +167,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.last_collect: dict[str, float] = {}
         self._log_clock: tuple[float, int] | None = None
         self._pending_rng: dict | None = None
+        self._module: pl.LightningModule | None = None
 
     # -- set-up ---------------------------------------------------------------------------------
     @property
@@ -190,10 +191,21 @@ class EpisodeDataModule(pl.LightningDataModule):
             return self.trainer.strategy.root_device
         return torch.device("cpu")
 
+    def connect(self, module: pl.LightningModule) -> None:
+        """Use ``module``'s policy without a Trainer (tests, benchmarks, notebooks)."""
+        self._module = module
+
+    @property
+    def module(self) -> pl.LightningModule:
+        if self.trainer is not None:
+            return self.trainer.lightning_module
+        if self._module is None:
+            raise RuntimeError("EpisodeDataModule has no module: run it in a Trainer or call connect(module) first")
+        return self._module
+
     @property
     def regime(self) -> Regime:
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        return getattr(module, "data_regime", "off_policy")
+        return getattr(self.module, "data_regime", "off_policy")
 
     def make_env(self, n_envs: int, seed: int) -> EnvBase:
         return make_env(self.env_name, self.env_kwargs, n_envs=n_envs, seed=seed, device=self.device)
@@ -225,14 +237,14 @@ class EpisodeDataModule(pl.LightningDataModule):
 
     def wrap_env(self, env: EnvBase) -> TransformedEnv:
         """Add the module's carried per-step state (e.g. GRU hidden state) to ``env``'s specs."""
-        spec = self.trainer.lightning_module.carried_state_spec(env.batch_size[0])
+        spec = self.module.carried_state_spec(env.batch_size[0])
         return TransformedEnv(env, TensorDictPrimer(spec, expand_specs=False))
 
     def _ensure_collector(self) -> None:
         if self._collector is not None:
             return
         self._apply_pending_rng()
-        module = self.trainer.lightning_module
+        module = self.module
         env = self.wrap_env(self.env)
         self._collector = Collector(
             env,
@@ -316,20 +328,22 @@ class EpisodeDataModule(pl.LightningDataModule):
             "world_size": self.world_size,
             "rng": {
                 "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),
+                "numpy": _numpy_rng_state(),
                 "python": random.getstate(),
             },
         }
         if torch.cuda.is_available():
             state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
-        if self.env is not None and hasattr(self.env, "rng_state"):
-            state["rng"]["env"] = self.env.rng_state()
+        if self.env is not None and hasattr(self.env, "checkpoint_state"):
+            state["env"] = self.env.checkpoint_state()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.env_steps = int(state_dict["env_steps"])
         self.episodes = int(state_dict["episodes"])
         self.collects = int(state_dict["collects"])
+        if "env" in state_dict and hasattr(self.env, "load_checkpoint_state"):
+            self.env.load_checkpoint_state(state_dict["env"])
         self._pending_rng = state_dict.get("rng") if state_dict.get("world_size", 1) == self.world_size == 1 else None
         if self._pending_rng is None:
             # Several ranks share one saved state: give each rank its own stream again.
@@ -344,18 +358,27 @@ class EpisodeDataModule(pl.LightningDataModule):
         if not rng:
             return
         torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
+        _set_numpy_rng_state(rng["numpy"])
         random.setstate(rng["python"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        if "env" in rng and self.env is not None and hasattr(self.env, "set_rng_state"):
-            self.env.set_rng_state(rng["env"])
 
     def teardown(self, stage: str) -> None:
         if self._collector is not None:
             self._collector.shutdown()
             self._collector = None
             self._batches = None
+
+
+def _numpy_rng_state() -> dict[str, Any]:
+    # As tensors and ints: checkpoints must load with torch.load(weights_only=True).
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position), "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _set_numpy_rng_state(state: dict[str, Any]) -> None:
+    keys = state["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["position"], state["has_gauss"], state["cached"]))
 
 
 def _identity(batch: Any) -> Any:

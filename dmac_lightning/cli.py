@@ -37,9 +37,10 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 
-def persistent_callbacks(progress_bar: bool = True) -> list:
-    """Always present: a checkpoint per epoch (``last.ckpt``), one on exceptions, the RL progress bar."""
-    callbacks = [ModelCheckpoint(save_last=True, every_n_epochs=1), CrashCheckpoint()]
+def persistent_callbacks(checkpointing: bool = True, progress_bar: bool = True) -> list:
+    """A checkpoint per epoch (``last.ckpt``) and one on exceptions, the RL progress bar; each unless
+    the trainer turns checkpointing or the progress bar off."""
+    callbacks: list = [ModelCheckpoint(save_last=True, save_top_k=0, every_n_epochs=1), CrashCheckpoint()] if checkpointing else []
     return callbacks + [RLProgressBar()] if progress_bar else callbacks
 
 
@@ -65,6 +66,17 @@ def newest_run_checkpoint(save_dir: str, name: str) -> tuple[str, str] | None:
     return newest, os.path.basename(os.path.dirname(os.path.dirname(newest)))
 
 
+class ConfigError(ValueError):
+    """A configuration the CLI rejects before training starts."""
+
+
+class DMACArgumentParser(LightningArgumentParser):
+    def error(self, message: str, *args: Any, **kwargs: Any) -> None:
+        if "model" in message and ("import path" in message or "class_path" in message or "has no attribute" in message):
+            message = f"model: unknown algorithm; allowed values: {', '.join(ALGORITHMS)}\n{message}"
+        super().error(message, *args, **kwargs)
+
+
 class DMACCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         super().__init__(
@@ -73,6 +85,7 @@ class DMACCLI(LightningCLI):
             subclass_mode_model=True,
             trainer_defaults={**TRAINER_DEFAULTS, "callbacks": persistent_callbacks()},
             seed_everything_default=0,
+            parser_class=DMACArgumentParser,
             save_config_kwargs={"overwrite": True},
             args=args,
             run=run,
@@ -85,12 +98,30 @@ class DMACCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(Evaluation, "evaluation")
 
+    def instantiate_classes(self) -> None:
+        # Configuration mistakes found while building the objects read like parser errors: the
+        # message and exit status 2, not a traceback.
+        try:
+            super().instantiate_classes()
+        except (ValueError, FileNotFoundError, ImportError) as error:
+            message = str(error) or type(error).__name__
+            self.parser.error(message)
+
     def before_instantiate_classes(self) -> None:
+        try:
+            self._check_and_name_run()
+        except ConfigError as error:
+            self.parser.error(str(error))
+
+    def _check_and_name_run(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        self.trainer_defaults["callbacks"] = persistent_callbacks(config.trainer.enable_progress_bar is not False)
+        self.trainer_defaults["callbacks"] = persistent_callbacks(
+            checkpointing=config.trainer.enable_checkpointing is not False,
+            progress_bar=config.trainer.enable_progress_bar is not False,
+        )
         class_path = config.model.class_path
         if class_path.rsplit(".", 1)[-1] not in ALGORITHMS:
-            raise ValueError(f"model: unknown algorithm {class_path!r}; allowed values: {', '.join(ALGORITHMS)}")
+            raise ConfigError(f"model: unknown algorithm {class_path!r}; allowed values: {', '.join(ALGORITHMS)}")
         logger = config.trainer.logger
         init_args = getattr(logger, "init_args", None)
         if init_args is None or getattr(init_args, "name", None) != AUTO:
@@ -99,7 +130,7 @@ class DMACCLI(LightningCLI):
         if self.subcommand == "fit" and config.ckpt_path == "last":
             found = newest_run_checkpoint(init_args.save_dir, init_args.name)
             if found is None:
-                raise FileNotFoundError(
+                raise ConfigError(
                     f"--ckpt_path last: no run of {init_args.name} has a last.ckpt under "
                     f"{os.path.join(init_args.save_dir, init_args.name)}"
                 )

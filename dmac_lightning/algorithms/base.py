@@ -134,8 +134,16 @@ class MultiAgentModule(pl.LightningModule):
         checkpoint["env_info"] = self.env_info.as_dict() if self.env_info else None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.env_info is None and checkpoint.get("env_info"):
-            self.configure_env(EnvInfo(**checkpoint["env_info"]))
+        saved = checkpoint.get("env_info")
+        if not saved:
+            return
+        if self.env_info is None:
+            self.configure_env(EnvInfo(**saved))
+        elif saved != self.env_info.as_dict():
+            raise ValueError(
+                f"the checkpoint was trained on an env with {saved}, but this run's env has "
+                f"{self.env_info.as_dict()}: resume with the data settings the checkpoint was trained with"
+            )
 
     # -- acting ---------------------------------------------------------------------------------
     @property

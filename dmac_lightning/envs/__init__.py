@@ -2,7 +2,8 @@
 
 Every registered env is a TorchRL ``EnvBase`` batched over ``n_envs`` with the key layout of
 ``dmac_lightning.envs.common`` and an ``info: EnvInfo`` attribute. Optional extras an env may offer:
-``optimal_return`` (float), ``train_metrics() -> dict`` and ``rng_state()``/``set_rng_state()``.
+``optimal_return`` (float), ``train_metrics() -> dict`` and ``checkpoint_state()``/
+``load_checkpoint_state()`` (saved with the data module's state).
 """
 
 from __future__ import annotations

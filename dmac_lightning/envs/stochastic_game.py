@@ -213,9 +213,11 @@ class StochasticGameEnv(EnvBase):
     def _set_seed(self, seed: int | None) -> None:
         self._rng.manual_seed(0 if seed is None else seed)
 
-    # The rollout RNG is part of a checkpoint so that resuming continues the same episode stream.
-    def rng_state(self) -> torch.Tensor:
-        return self._rng.get_state()
+    # Part of a checkpoint: the rollout RNG (resuming continues the same episode stream) and the
+    # visited pairs (the cover rate keeps counting across a resume).
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        return {"rng": self._rng.get_state(), "visited": self._visited.cpu()}
 
-    def set_rng_state(self, state: torch.Tensor) -> None:
-        self._rng.set_state(state)
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._rng.set_state(state["rng"])
+        self._visited.copy_(state["visited"].to(self._visited.device))

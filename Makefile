@@ -1,0 +1,33 @@
+# `make train` and `make test` each do all set-up on a fresh machine (idempotent, quick when done).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# CPU build of torch first: a bare `torch` requirement would resolve to a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: install train test test-fast clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PIN)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# The default run: COMA+DMAC on the paper's stochastic game, a budget of a few minutes on 2 CPU cores.
+train: $(STAMP)
+	$(BIN)/dmac fit --config configs/stochastic_game/coma_dmac.yaml --data.max_env_steps 120000
+	@echo "TensorBoard: $(BIN)/tensorboard --logdir lightning_logs"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+# Everything but the slow learning tests.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+clean:
+	rm -rf $(VENV) lightning_logs .pytest_cache *.egg-info

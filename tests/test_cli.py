@@ -1,0 +1,106 @@
+"""End to end through the real CLI: TensorBoard events, checkpoints, resume, config errors."""
+
+import glob
+import json
+import os
+import re
+import subprocess
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import CONFIGS, SMALL_GAME, dmac_command
+from dmac_lightning.cli import main
+
+COMA_DMAC = os.path.join(CONFIGS, "stochastic_game", "coma_dmac.yaml")
+FAST = [
+    "--data.env_kwargs", json.dumps(SMALL_GAME),
+    "--data.batch_size", "8",
+    "--data.env_steps_per_epoch", "400",
+    "--evaluation.interval", "400",
+    "--evaluation.episodes", "4",
+    "--trainer.enable_progress_bar", "false",
+]
+REQUIRED_TAGS = {
+    "train/episode_return", "train/env_steps_per_s", "train/cover_rate", "loss/critic", "loss/actor",
+    "dmac/kl_pi_rho", "eval/return", "eval/return_ratio",
+}
+
+
+def run(cwd, *args, expect_ok=True):
+    result = subprocess.run(dmac_command(*args), cwd=cwd, capture_output=True, text=True, timeout=600)
+    if expect_ok:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def scalars(run_dir):
+    tags: dict[str, list[int]] = {}
+    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
+        events = EventAccumulator(path)
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            tags.setdefault(tag, []).extend(e.step for e in events.Scalars(tag))
+    return tags
+
+
+def test_fit_writes_tensorboard_and_checkpoint_then_resume_continues(tmp_path):
+    run(tmp_path, "fit", "--config", COMA_DMAC, *FAST, "--data.max_env_steps", "800")
+    run_dir = tmp_path / "lightning_logs" / "stochastic_game" / "ComaDmac" / "version_0"
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    assert checkpoint.exists() and (run_dir / "config.yaml").exists()
+    first = torch.load(checkpoint, weights_only=True)
+    steps_first = first["EpisodeDataModule"]["env_steps"]
+    assert 800 <= steps_first < 800 + 4 * 5 * 2  # stops within one collect of the budget
+    # rho is a separate network that has moved away from its initial copy of pi but not onto pi
+    state = first["state_dict"]
+    assert not torch.equal(state["actor.head.weight"], state["target_actor.head.weight"])
+
+    tags = scalars(run_dir)
+    assert REQUIRED_TAGS <= set(tags), REQUIRED_TAGS - set(tags)
+    assert max(tags["train/episode_return"]) == steps_first  # x-axis: env steps, not updates
+    assert 0 in tags["eval/return"]
+
+    run(tmp_path, "fit", "--config", COMA_DMAC, *FAST, "--data.max_env_steps", "1600", "--ckpt_path", "last")
+    second = torch.load(checkpoint, weights_only=True)
+    assert second["EpisodeDataModule"]["env_steps"] >= 1600
+    assert second["EpisodeDataModule"]["episodes"] > first["EpisodeDataModule"]["episodes"]
+    resumed = scalars(run_dir)  # the resumed run writes into the same directory ...
+    assert min(s for s in resumed["train/episode_return"] if s not in tags["train/episode_return"]) > steps_first
+    assert not (tmp_path / "lightning_logs" / "stochastic_game" / "ComaDmac" / "version_1").exists()
+
+
+def test_python_dash_m_and_the_console_script_are_the_same_cli(tmp_path):
+    result = run(tmp_path, "fit", "--help")
+    assert "--data.max_env_steps" in result.stdout and "--model.help" in result.stdout
+    assert "--evaluation.interval" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model.init_args.omega", "-1"], r"model.omega must be in \[0.0, inf\]"),
+        (["--model.init_args.tau", "0"], r"model.tau must be in \(0.0, 1.0\]"),
+        (["--model.init_args.tau", "1.5"], r"model.tau must be in \(0.0, 1.0\]"),
+        (["--model.init_args.td_lambda", "1.2"], r"model.td_lambda must be in \[0.0, 1.0\]"),
+        (["--data.batch_size", "6000"], r"batch_size \(6000\) is larger than the replay buffer"),
+        (["--data.env", "starcraft"], r"unknown env 'starcraft'; allowed values: .*stochastic_game"),
+        (["--data.env_kwargs", '{"n_agents": 0}'], r"n_agents must be an integer >= 1"),
+        (["--model", "Qlearning"], r"unknown algorithm; allowed values: .*ComaDmac"),
+        (["--ckpt_path", "last"], r"no run of stochastic_game/ComaDmac has a last.ckpt"),
+    ],
+)
+def test_bad_config_fails_before_training_naming_the_field(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", COMA_DMAC, *args])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not glob.glob(str(tmp_path / "lightning_logs" / "**" / "*.ckpt"), recursive=True)
+
+
+def test_a_config_error_exits_with_status_2_from_the_console(tmp_path):
+    result = run(tmp_path, "fit", "--config", COMA_DMAC, "--model.init_args.omega", "-0.5", expect_ok=False)
+    assert result.returncode == 2
+    assert "model.omega must be in [0.0, inf], got -0.5" in result.stderr

@@ -1,0 +1,53 @@
+"""Target networks: the soft update's closed form and the hard copy."""
+
+import pytest
+import torch
+from torch import nn
+
+from callbacks.target_update import TargetNetworkUpdate, soft_update, target_policy_update
+
+
+class Pair(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.actor = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+        self.target_actor = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+        self.actor[1].running_mean.fill_(2.0)
+
+
+@pytest.mark.parametrize("tau", [0.01, 0.3, 1.0])
+def test_soft_update_after_k_steps_matches_the_closed_form(tau):
+    pair = Pair()
+    source = [p.detach().clone() for p in pair.actor.parameters()]
+    start = [p.detach().clone() for p in pair.target_actor.parameters()]
+    callback = target_policy_update(tau)
+    k = 7
+    for _ in range(k):
+        callback.on_train_batch_end(None, pair, None, None, 0)
+    decay = (1 - tau) ** k
+    for theta_tilde, theta_0, theta in zip(pair.target_actor.parameters(), start, source):
+        torch.testing.assert_close(theta_tilde, decay * theta_0 + (1 - decay) * theta)
+    torch.testing.assert_close(pair.target_actor[1].running_mean, torch.full((4,), 2.0))
+
+
+def test_hard_copy_every_n_updates():
+    pair = Pair()
+    callback = TargetNetworkUpdate("actor", "target_actor", every_n_updates=3)
+    for step in range(1, 4):
+        callback.on_train_batch_end(None, pair, None, None, 0)
+        same = all(torch.equal(a, b) for a, b in zip(pair.actor.parameters(), pair.target_actor.parameters()))
+        assert same == (step == 3)
+    assert callback.state_dict() == {"updates": 3}
+
+
+def test_soft_update_function_and_bad_tau():
+    a, b = nn.Linear(2, 2), nn.Linear(2, 2)
+    before = b.weight.detach().clone()
+    soft_update(b, a, 0.5)
+    torch.testing.assert_close(b.weight, 0.5 * before + 0.5 * a.weight)
+    for tau in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"tau must be in \(0, 1\]"):
+            TargetNetworkUpdate("actor", "target_actor", tau=tau)
+    with pytest.raises(ValueError, match="exactly one"):
+        TargetNetworkUpdate("actor", "target_actor")
