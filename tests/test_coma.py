@@ -1,0 +1,52 @@
+"""COMA's pieces: the counterfactual critic's inputs and the baseline / +DMAC relationship."""
+
+import torch
+
+from dmac_lightning.algorithms import Coma, ComaDmac
+from dmac_lightning.envs import EnvInfo
+from dmac_lightning.networks import CounterfactualCritic
+from dmac_lightning.policy import gather_actions, masked_log_softmax
+
+INFO = EnvInfo(n_agents=3, n_actions=4, obs_dim=5, state_dim=6, episode_limit=7)
+
+
+def test_counterfactual_critic_row_i_ignores_agent_is_own_action():
+    torch.manual_seed(0)
+    critic = CounterfactualCritic(6, 5, 3, 4, [16])
+    state, obs, last = torch.randn(2, 6), torch.randn(2, 3, 5), torch.randn(2, 3, 4)
+    actions = torch.tensor([[0, 1, 2], [3, 3, 0]])
+    q = critic(state, obs, actions, last)
+    assert q.shape == (2, 3, 4)
+    changed = actions.clone()
+    changed[:, 1] = (changed[:, 1] + 1) % 4  # agent 1 acts differently
+    q_changed = critic(state, obs, changed, last)
+    torch.testing.assert_close(q_changed[:, 1], q[:, 1])  # its own row is counterfactual over its action
+    assert not torch.allclose(q_changed[:, 0], q[:, 0])  # the others see the change
+
+
+def test_dmac_advantage_reduces_to_coma_with_omega_zero_and_rho_equal_pi():
+    torch.manual_seed(1)
+    coma, dmac = Coma(), ComaDmac(omega=0.0)
+    q_alternatives = torch.randn(2, 5, 3, 4)
+    log_pi = masked_log_softmax(torch.randn(2, 5, 3, 4), torch.ones(2, 5, 3, 4, dtype=torch.bool))
+    actions = torch.randint(4, (2, 5, 3))
+    expected = coma.advantage(q_alternatives, actions, log_pi, None)
+    torch.testing.assert_close(dmac.advantage(q_alternatives, actions, log_pi, log_pi), expected)
+    # and with omega > 0 but rho = pi, the divergence term log(pi/rho) - KL vanishes too
+    torch.testing.assert_close(ComaDmac(omega=0.7).advantage(q_alternatives, actions, log_pi, log_pi), expected)
+    # while rho != pi with omega > 0 changes it
+    log_rho = masked_log_softmax(torch.randn(2, 5, 3, 4), torch.ones(2, 5, 3, 4, dtype=torch.bool))
+    assert not torch.allclose(ComaDmac(omega=0.7).advantage(q_alternatives, actions, log_pi, log_rho), expected)
+    torch.testing.assert_close(
+        expected, gather_actions(q_alternatives, actions) - (log_pi.exp() * q_alternatives).sum(-1)
+    )
+
+
+def test_rho_starts_as_a_frozen_copy_of_pi():
+    module = ComaDmac()
+    module.configure_env(INFO)
+    for p, q in zip(module.actor.parameters(), module.target_actor.parameters()):
+        assert torch.equal(p, q) and not q.requires_grad
+    optimised = {id(p) for group in module.configure_optimizers() for g in group.param_groups for p in g["params"]}
+    assert not optimised & {id(p) for p in module.target_actor.parameters()}
+    assert not optimised & {id(p) for p in module.target_critic.parameters()}
