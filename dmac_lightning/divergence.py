@@ -108,6 +108,29 @@ def lvd_advantage(
     return k * individual - omega * divergence_penalty(log_pi_taken, log_rho_taken, kl)
 
 
+def soft_value(q_values: torch.Tensor, temperature: float, log_rho: torch.Tensor | None = None) -> torch.Tensor:
+    """``V = temperature * log sum_a rho(a) exp(Q(a) / temperature)`` over the last dimension.
+
+    The value of the regularised optimum ``pi* ∝ rho exp(Q / omega)`` (App. A.8, eq. 22). Without
+    ``rho`` it is the entropy-regularised value ``alpha * logsumexp(Q / alpha)`` that FOP uses; with
+    ``rho`` and ``omega`` it is FOP+DMAC's divergence-regularised value.
+    """
+    scaled = q_values / temperature
+    if log_rho is not None:
+        scaled = scaled + log_rho
+    return temperature * torch.logsumexp(scaled, dim=-1)
+
+
+def expected_regularized_loss(
+    log_pi: torch.Tensor, q_values: torch.Tensor, omega: float, log_rho: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """``mean_{i,t} sum_a pi_i(a) (omega log(pi_i(a)/rho_i(a)) - Q_i(a))``: the per-agent actor loss in
+    exact expectation over actions (FOP+DMAC; FOP's ``alpha log pi_i`` replaced by ``omega log pi_i/rho_i``)."""
+    per_agent = (log_pi.exp() * (omega * (log_pi - log_rho) - q_values)).sum(-1)
+    weights = mask.to(per_agent.dtype).expand_as(per_agent)
+    return (per_agent * weights).sum() / weights.sum().clamp(min=1)
+
+
 def policy_gradient_loss(advantage: torch.Tensor, log_pi_taken: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``-mean_{i,t}[stopgrad(A_i) log pi_i(a_i)]`` over the agent-steps where ``mask`` is true."""
     weights = mask.to(log_pi_taken.dtype).expand_as(log_pi_taken)

@@ -43,3 +43,33 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` over the entries where ``mask`` is true (broadcast), zero if none."""
     mask = mask.to(values.dtype).expand_as(values)
     return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def tree_backup_returns(
+    rewards: torch.Tensor,
+    terminated: torch.Tensor,
+    filled: torch.Tensor,
+    next_expected_values: torch.Tensor,
+    next_taken_values: torch.Tensor,
+    next_traces: torch.Tensor,
+    gamma: float,
+) -> torch.Tensor:
+    """Tree-backup targets (Precup et al., 2000), DOP's off-policy critic targets.
+
+    ``G_t = r_t + gamma (1 - term_t) [V_{t+1} + c_{t+1} (G_{t+1} - Q_{t+1})]`` with
+    ``V_{t+1} = E_pi Q(s_{t+1}, .)``, ``Q_{t+1} = Q(s_{t+1}, a_{t+1})`` at the stored action and the trace
+    ``c_{t+1} = lambda pi(a_{t+1} | s_{t+1})``; no importance ratios, so it is unbiased off-policy.
+    All inputs ``[B, T, ...]``; at the last real step the recursion is cut (``G_{t+1} := Q_{t+1}``).
+    """
+    rewards, terminated, filled, expected, taken, traces = torch.broadcast_tensors(
+        rewards, terminated.to(rewards.dtype), filled.to(torch.bool), next_expected_values, next_taken_values, next_traces
+    )
+    returns = torch.zeros_like(expected)
+    steps = rewards.shape[1]
+    for t in range(steps - 1, -1, -1):
+        following = expected[:, t]
+        if t + 1 < steps:
+            correction = traces[:, t] * (returns[:, t + 1] - taken[:, t])
+            following = following + torch.where(filled[:, t + 1], correction, torch.zeros_like(correction))
+        returns[:, t] = rewards[:, t] + gamma * (1 - terminated[:, t]) * following
+    return returns

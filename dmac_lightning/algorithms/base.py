@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchrl.data import Composite, Unbounded
 
+from callbacks.target_update import TargetNetworkUpdate, target_policy_update
 from dmac_lightning.envs.common import ACTION, ACTION_MASK, OBSERVATION, STATE, EnvInfo
 from dmac_lightning.networks import AgentRNN, agent_input_dim, agent_inputs, previous_actions_one_hot
 from dmac_lightning.policy import greedy, masked_log_softmax, sample
@@ -61,6 +62,11 @@ class EpisodeBatch:
     def step_mask(self) -> torch.Tensor:
         """``[B, T, 1]``: real steps, broadcast over agents."""
         return self.filled[:, :-1, None]
+
+    @property
+    def joint_step_mask(self) -> torch.Tensor:
+        """``[B, T]``: real steps, for joint quantities (Q_tot, targets)."""
+        return self.filled[:, :-1]
 
 
 class MultiAgentModule(pl.LightningModule):
@@ -215,6 +221,16 @@ class MultiAgentModule(pl.LightningModule):
         last_actions = episodes.last_actions if self.last_action_input else None
         return network.unroll(agent_inputs(episodes.observation, last_actions))
 
+    def log_policy(self, network: AgentRNN, episodes: EpisodeBatch, mode: ActMode = "sample") -> torch.Tensor:
+        """``log pi`` over available actions ``[B, L, n, A]`` of a policy network over stored histories."""
+        return self.policy_log_probs(self.unroll(network, episodes), episodes.available, mode)
+
+    @staticmethod
+    def bootstrap_actions(episodes: EpisodeBatch, log_pi: torch.Tensor) -> torch.Tensor:
+        """Stored actions where the episode went on; fresh samples from pi elsewhere (the bootstrap slot
+        after a time limit, and padding). Any action is valid there for DMAC's critic (Prop. 4)."""
+        return torch.where(episodes.filled[..., None], episodes.actions, sample(log_pi))
+
     def rmsprop(self, parameters: Any, lr: float) -> torch.optim.RMSprop:
         return torch.optim.RMSprop(parameters, lr=lr, alpha=self.rmsprop_alpha, eps=self.rmsprop_eps)
 
@@ -259,6 +275,26 @@ class MultiAgentModule(pl.LightningModule):
             self.trainer.should_stop = True
 
 
+def check_dmac_settings(omega: float, tau: float, target_critic_tau: float | None) -> float:
+    """Validate the +DMAC settings; returns the target critic's rate (``tau`` unless given)."""
+    check_range("omega", omega, 0.0, float("inf"))
+    check_range("tau", tau, 0.0, 1.0, low_open=True)
+    if target_critic_tau is None:
+        return tau
+    check_range("target_critic_tau", target_critic_tau, 0.0, 1.0, low_open=True)
+    return target_critic_tau
+
+
+def dmac_callbacks(tau: float, target_critic_tau: float, *critics: str) -> list[TargetNetworkUpdate]:
+    """rho <- (1 - tau) rho + tau pi after every actor step; each ``critics`` name ``x`` soft-updates ``target_x``."""
+    return [target_policy_update(tau)] + [TargetNetworkUpdate(name, f"target_{name}", tau=target_critic_tau) for name in critics]
+
+
+def hard_target_callbacks(every_n_updates: int, *networks: str) -> list[TargetNetworkUpdate]:
+    """Copy each ``x`` into ``target_x`` every ``every_n_updates`` updates (the PyMARL baselines)."""
+    return [TargetNetworkUpdate(name, f"target_{name}", every_n_updates=every_n_updates) for name in networks]
+
+
 def freeze(network: nn.Module) -> nn.Module:
     """A target network: no gradients, never in an optimiser."""
     for parameter in network.parameters():
@@ -266,4 +302,7 @@ def freeze(network: nn.Module) -> nn.Module:
     return network
 
 
-__all__ = ["EpisodeBatch", "MultiAgentModule", "check_range", "freeze"]
+__all__ = [
+    "EpisodeBatch", "MultiAgentModule", "check_dmac_settings", "check_range", "dmac_callbacks", "freeze",
+    "hard_target_callbacks",
+]

@@ -19,9 +19,17 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 
-from callbacks.target_update import TargetNetworkUpdate, target_policy_update
 from dmac_lightning import divergence
-from dmac_lightning.algorithms.base import ActMode, EpisodeBatch, MultiAgentModule, check_range, freeze
+from dmac_lightning.algorithms.base import (
+    ActMode,
+    EpisodeBatch,
+    MultiAgentModule,
+    check_dmac_settings,
+    check_range,
+    dmac_callbacks,
+    freeze,
+    hard_target_callbacks,
+)
 from dmac_lightning.envs.common import EnvInfo
 from dmac_lightning.networks import CounterfactualCritic
 from dmac_lightning.policy import epsilon_mixed_log_probs, gather_actions, linear_schedule, masked_log_softmax, sample
@@ -75,7 +83,7 @@ class Coma(MultiAgentModule):
         return [self.rmsprop(self.critic.parameters(), self.lr_critic), self.rmsprop(self.actor.parameters(), self.lr_actor)]
 
     def configure_callbacks(self) -> list:
-        return [TargetNetworkUpdate("critic", "target_critic", every_n_updates=self.target_update_interval)]
+        return hard_target_callbacks(self.target_update_interval, "critic")
 
     # -- policy ---------------------------------------------------------------------------------
     @property
@@ -88,7 +96,7 @@ class Coma(MultiAgentModule):
 
     def log_pi(self, episodes: EpisodeBatch) -> torch.Tensor:
         """The behaviour-consistent policy ``[B, L, n, A]`` (with gradient)."""
-        return self.policy_log_probs(self.unroll(self.actor, episodes), episodes.available, "explore")
+        return self.log_policy(self.actor, episodes, "explore")
 
     def log_rho(self, episodes: EpisodeBatch) -> torch.Tensor | None:
         return None
@@ -96,10 +104,6 @@ class Coma(MultiAgentModule):
     # -- critic ---------------------------------------------------------------------------------
     def q_values(self, critic: CounterfactualCritic, episodes: EpisodeBatch, actions: torch.Tensor, steps: slice) -> torch.Tensor:
         return critic(episodes.state[:, steps], episodes.observation[:, steps], actions, episodes.last_actions[:, steps])
-
-    def bootstrap_actions(self, episodes: EpisodeBatch, log_pi: torch.Tensor) -> torch.Tensor:
-        """Stored actions where the episode went on; fresh samples from pi at the bootstrap slot."""
-        return torch.where(episodes.filled[..., None], episodes.actions, sample(log_pi))
 
     def critic_targets(self, episodes: EpisodeBatch, log_pi: torch.Tensor, log_rho: torch.Tensor | None) -> torch.Tensor:
         actions = self.bootstrap_actions(episodes, log_pi)
@@ -184,10 +188,7 @@ class ComaDmac(Coma):
         epsilon_anneal_steps: int = 1,
         **kwargs: Any,
     ) -> None:
-        check_range("omega", omega, 0.0, float("inf"))
-        check_range("tau", tau, 0.0, 1.0, low_open=True)
-        if target_critic_tau is not None:
-            check_range("target_critic_tau", target_critic_tau, 0.0, 1.0, low_open=True)
+        target_critic_tau = check_dmac_settings(omega, tau, target_critic_tau)
         super().__init__(
             td_lambda=td_lambda,
             critic_hidden_dims=critic_hidden_dims,
@@ -197,19 +198,18 @@ class ComaDmac(Coma):
             **kwargs,
         )
         self.save_hyperparameters()
-        self.omega, self.tau = omega, tau
-        self.target_critic_tau = tau if target_critic_tau is None else target_critic_tau
+        self.omega, self.tau, self.target_critic_tau = omega, tau, target_critic_tau
 
     def build(self, info: EnvInfo) -> None:
         super().build(info)
         self.target_actor = freeze(copy.deepcopy(self.actor))  # rho starts equal to pi
 
     def configure_callbacks(self) -> list:
-        return [target_policy_update(self.tau), TargetNetworkUpdate("critic", "target_critic", tau=self.target_critic_tau)]
+        return dmac_callbacks(self.tau, self.target_critic_tau, "critic")
 
     def log_rho(self, episodes: EpisodeBatch) -> torch.Tensor:
         with torch.no_grad():
-            return masked_log_softmax(self.unroll(self.target_actor, episodes), episodes.available)
+            return self.log_policy(self.target_actor, episodes)
 
     def critic_targets(self, episodes: EpisodeBatch, log_pi: torch.Tensor, log_rho: torch.Tensor | None) -> torch.Tensor:
         actions = self.bootstrap_actions(episodes, log_pi)

@@ -26,7 +26,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
-from dmac_lightning.envs.common import ACTION, ACTION_MASK, OBSERVATION, STATE, EnvInfo, multi_agent_specs
+from dmac_lightning.envs.common import ACTION, STATE, EnvInfo, multi_agent_specs
 
 
 def generate_game(

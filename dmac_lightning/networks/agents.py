@@ -1,4 +1,4 @@
-"""Plain ``nn.Module`` networks shared by the algorithms (paper App. C.2)."""
+"""The agent network (policy or individual Q-network) and its inputs (paper App. C.2)."""
 
 from __future__ import annotations
 
@@ -61,51 +61,3 @@ class AgentRNN(nn.Module):
         out, _ = self.rnn(x)
         out = out.view(steps, batch, n_agents, self.hidden_dim).permute(1, 0, 2, 3)
         return self.head(out)
-
-
-def mlp(input_dim: int, hidden_dims: list[int], output_dim: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for width in hidden_dims:
-        layers += [nn.Linear(input_dim, width), nn.ReLU()]
-        input_dim = width
-    layers.append(nn.Linear(input_dim, output_dim))
-    return nn.Sequential(*layers)
-
-
-class CounterfactualCritic(nn.Module):
-    """COMA's centralised critic ``Q(s, a_-i, .)``: an MLP that outputs agent i's row of Q-values.
-
-    Input per agent: state, the agent's observation, the other agents' actions one-hot (its own
-    masked out), every agent's previous action one-hot, and the agent id.
-    """
-
-    def __init__(self, state_dim: int, obs_dim: int, n_agents: int, n_actions: int, hidden_dims: list[int]) -> None:
-        super().__init__()
-        self.n_agents, self.n_actions = n_agents, n_actions
-        input_dim = state_dim + obs_dim + 2 * n_agents * n_actions + n_agents
-        self.net = mlp(input_dim, hidden_dims, n_actions)
-
-    def forward(
-        self,
-        state: torch.Tensor,
-        observation: torch.Tensor,
-        actions: torch.Tensor,
-        last_actions: torch.Tensor,
-    ) -> torch.Tensor:
-        """``state [..., S]``, ``observation [..., n, O]``, ``actions [..., n]`` long,
-        ``last_actions [..., n, A]`` -> ``Q [..., n, A]``: row i is ``Q(s, (., a_-i))``."""
-        n, n_actions = self.n_agents, self.n_actions
-        batch_shape = actions.shape[:-1]
-        joint = F.one_hot(actions, n_actions).float().reshape(*batch_shape, 1, n * n_actions)
-        others_only = (1 - torch.eye(n, device=actions.device)).repeat_interleave(n_actions, dim=-1)
-        inputs = torch.cat(
-            [
-                state.unsqueeze(-2).expand(*batch_shape, n, state.shape[-1]),
-                observation,
-                joint.expand(*batch_shape, n, n * n_actions) * others_only,
-                last_actions.reshape(*batch_shape, 1, n * n_actions).expand(*batch_shape, n, n * n_actions),
-                torch.eye(n, device=actions.device).expand(*batch_shape, n, n),
-            ],
-            dim=-1,
-        )
-        return self.net(inputs)

@@ -1,0 +1,102 @@
+"""Mixing networks: individual Q-values (and the state) -> the joint Q_tot."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from dmac_lightning.networks.critics import mlp
+
+
+class MonotonicMixer(nn.Module):
+    """QMIX's mixer: hypernetworks of the state give non-negative weights, so dQ_tot/dQ_i >= 0."""
+
+    def __init__(self, state_dim: int, n_agents: int, embed_dim: int = 32, hypernet_dim: int = 64) -> None:
+        super().__init__()
+        self.n_agents, self.embed_dim = n_agents, embed_dim
+        self.hyper_w1 = mlp(state_dim, [hypernet_dim], n_agents * embed_dim)
+        self.hyper_b1 = nn.Linear(state_dim, embed_dim)
+        self.hyper_w2 = mlp(state_dim, [hypernet_dim], embed_dim)
+        self.hyper_b2 = mlp(state_dim, [embed_dim], 1)
+
+    def forward(self, agent_qs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """``agent_qs [..., n]``, ``state [..., S]`` -> ``Q_tot [...]``."""
+        w1 = self.hyper_w1(state).abs().view(*state.shape[:-1], self.n_agents, self.embed_dim)
+        hidden = F.elu(torch.einsum("...n,...ne->...e", agent_qs, w1) + self.hyper_b1(state))
+        w2 = self.hyper_w2(state).abs()
+        return (hidden * w2).sum(-1) + self.hyper_b2(state).squeeze(-1)
+
+
+class MLPMixer(nn.Module):
+    """QMIX+DMAC's mixer: an unconstrained MLP over ``[Q_1..Q_n, s]`` (no max in the target, so no IGM needed)."""
+
+    def __init__(self, state_dim: int, n_agents: int, hidden_dim: int = 32) -> None:
+        super().__init__()
+        self.net = mlp(n_agents + state_dim, [hidden_dim], 1)
+
+    def forward(self, agent_qs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        state = state.expand(*agent_qs.shape[:-1], state.shape[-1])
+        return self.net(torch.cat([agent_qs, state], dim=-1)).squeeze(-1)
+
+
+class LinearDecompositionMixer(nn.Module):
+    """DOP's linear value decomposition ``Q_tot = sum_i k_i(s) Q_i + b(s)`` with ``k_i(s) >= 0``."""
+
+    def __init__(self, state_dim: int, n_agents: int, embed_dim: int = 32) -> None:
+        super().__init__()
+        self.weights = mlp(state_dim, [embed_dim], n_agents)
+        self.bias = mlp(state_dim, [embed_dim], 1)
+
+    def k(self, state: torch.Tensor) -> torch.Tensor:
+        return self.weights(state).abs()
+
+    def b(self, state: torch.Tensor) -> torch.Tensor:
+        return self.bias(state).squeeze(-1)
+
+    def forward(self, agent_qs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return (self.k(state) * agent_qs).sum(-1) + self.b(state)
+
+
+class FOPMixer(nn.Module):
+    """FOP's mixer (Zhang et al., 2021): ``Q_tot = sum_i Q_i + V(s) + sum_i (lambda_i(s,a) - 1) [Q_i - V_i]``.
+
+    ``lambda_i(s, a) > 0`` is a multi-head product of a state key, a state-agent gate and a
+    state-action gate; the advantage ``Q_i - V_i`` enters without gradient, as in the published code.
+    """
+
+    def __init__(self, state_dim: int, n_agents: int, n_actions: int, n_heads: int = 4, embed_dim: int = 32) -> None:
+        super().__init__()
+        self.n_agents, self.n_actions, self.n_heads = n_agents, n_actions, n_heads
+        self.head_keys = nn.Linear(state_dim, n_heads)
+        self.head_agents = nn.Linear(state_dim, n_heads * n_agents)
+        self.head_actions = nn.Linear(state_dim + n_agents * n_actions, n_heads * n_agents)
+        self.value = mlp(state_dim, [embed_dim], 1)
+
+    def lambda_weights(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        batch_shape = actions.shape[:-1]
+        joint = F.one_hot(actions, self.n_actions).float().reshape(*batch_shape, -1)
+        key = self.head_keys(state).abs().unsqueeze(-1) + 1e-10  # [..., heads, 1]
+        agents = torch.sigmoid(self.head_agents(state)).view(*batch_shape, self.n_heads, self.n_agents)
+        chosen = torch.sigmoid(self.head_actions(torch.cat([state, joint], -1))).view(*batch_shape, self.n_heads, self.n_agents)
+        return (key * agents * chosen).sum(-2)
+
+    def forward(self, agent_qs: torch.Tensor, agent_values: torch.Tensor, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """``agent_qs``, ``agent_values [..., n]`` (Q_i(a_i), V_i), ``state [..., S]``, ``actions [..., n]`` -> ``[...]``."""
+        advantage = (agent_qs - agent_values).detach()
+        weighted = (advantage * (self.lambda_weights(state, actions) - 1)).sum(-1)
+        return weighted + agent_qs.sum(-1) + self.value(state).squeeze(-1)
+
+
+def counterfactual_q(mixer: nn.Module, q_values: torch.Tensor, actions: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """``Q_tot(s, (a'_i, a_-i))`` for every agent i and alternative a'_i, in one mixer call.
+
+    ``q_values [..., n, A]`` individual Q-values, ``actions [..., n]``, ``state [..., S]`` ->
+    ``[..., n, A]``. Entry ``[i, a']`` mixes the chosen Q-values with agent i's replaced by ``Q_i(a')``.
+    """
+    n_agents, n_actions = q_values.shape[-2:]
+    chosen = q_values.gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # [..., n]
+    joint = chosen[..., None, None, :].expand(*chosen.shape[:-1], n_agents, n_actions, n_agents)
+    own = torch.eye(n_agents, dtype=torch.bool, device=q_values.device)[:, None, :]  # [i, 1, j]: j == i
+    joint = torch.where(own, q_values.unsqueeze(-1), joint)
+    return mixer(joint, state[..., None, None, :].expand(*joint.shape[:-1], state.shape[-1]))
