@@ -89,6 +89,31 @@ def counterfactual_advantage(
     return q_taken - counterfactual_baseline(q_alternatives, pi) - omega * divergence_penalty(log_pi_taken, log_rho_taken, kl)
 
 
+def _taken(values: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    return values.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+
+
+def counterfactual_advantage_at(
+    q_alternatives: torch.Tensor, actions: torch.Tensor, log_pi: torch.Tensor, log_rho: torch.Tensor, omega: float
+) -> torch.Tensor:
+    """:func:`counterfactual_advantage` for ``actions [..., n]`` from whole rows ``[..., n, A]`` of
+    ``Q(s, (., a_-i))``, ``log pi`` and ``log rho``."""
+    return counterfactual_advantage(
+        _taken(q_alternatives, actions), q_alternatives, log_pi.exp(), _taken(log_pi, actions),
+        _taken(log_rho, actions), kl_divergence(log_pi, log_rho), omega,
+    )
+
+
+def lvd_advantage_at(
+    k: torch.Tensor, q_values: torch.Tensor, actions: torch.Tensor, log_pi: torch.Tensor, log_rho: torch.Tensor, omega: float
+) -> torch.Tensor:
+    """:func:`lvd_advantage` for ``actions [..., n]`` from individual ``Q_i(s, .)`` rows ``[..., n, A]``."""
+    return lvd_advantage(
+        k, _taken(q_values, actions), q_values, log_pi.exp(), _taken(log_pi, actions), _taken(log_rho, actions),
+        kl_divergence(log_pi, log_rho), omega,
+    )
+
+
 def lvd_advantage(
     k: torch.Tensor,
     q_taken: torch.Tensor,

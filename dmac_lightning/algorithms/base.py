@@ -24,7 +24,7 @@ from torchrl.data import Composite, Unbounded
 from callbacks.target_update import TargetNetworkUpdate, target_policy_update
 from dmac_lightning.envs.common import ACTION, ACTION_MASK, OBSERVATION, STATE, EnvInfo
 from dmac_lightning.networks import AgentRNN, agent_input_dim, agent_inputs, previous_actions_one_hot
-from dmac_lightning.policy import greedy, masked_log_softmax, sample
+from dmac_lightning.policy import epsilon_mixed_log_probs, greedy, linear_schedule, masked_log_softmax, sample
 
 HIDDEN = ("agents", "rnn_hidden")
 LAST_ACTION = ("agents", "last_action")
@@ -117,6 +117,7 @@ class MultiAgentModule(pl.LightningModule):
         self._metric_sums: dict[str, torch.Tensor] = {}
         self._metric_counts: dict[str, int] = {}
         self.updates = 0
+        self.epsilon_schedule: tuple[float, float, int] | None = None
 
     # -- building -------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -169,9 +170,24 @@ class MultiAgentModule(pl.LightningModule):
             shape=(n_envs,),
         )
 
+    def explore_with_epsilon(self, start: float, finish: float, anneal_steps: int) -> None:
+        """Exploration weight ``epsilon`` annealed linearly over env steps (mixed into stochastic
+        policies as ``(1 - eps) pi + eps uniform``, or epsilon-greedy for value-based ones)."""
+        check_range("epsilon_start", start, 0.0, 1.0)
+        check_range("epsilon_finish", finish, 0.0, 1.0)
+        if isinstance(anneal_steps, bool) or not isinstance(anneal_steps, int) or anneal_steps < 1:
+            raise ValueError(f"model.epsilon_anneal_steps must be an integer >= 1, got {anneal_steps!r}")
+        self.epsilon_schedule = (start, finish, anneal_steps)
+
+    @property
+    def epsilon(self) -> float:
+        return 0.0 if self.epsilon_schedule is None else linear_schedule(*self.epsilon_schedule, step=self.env_steps)
+
     def policy_log_probs(self, outputs: torch.Tensor, available: torch.Tensor, mode: ActMode) -> torch.Tensor:
-        """Log pi over available actions from the acting network's outputs (stochastic policies)."""
-        return masked_log_softmax(outputs, available)
+        """Log pi over available actions from the acting network's outputs (stochastic policies);
+        while exploring, mixed with epsilon-uniform (COMA's epsilon-bounded softmax)."""
+        log_probs = masked_log_softmax(outputs, available)
+        return epsilon_mixed_log_probs(log_probs, available, self.epsilon) if mode == "explore" else log_probs
 
     def choose_actions(self, outputs: torch.Tensor, available: torch.Tensor, mode: ActMode) -> torch.Tensor:
         log_probs = self.policy_log_probs(outputs, available, mode)

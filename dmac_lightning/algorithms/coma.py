@@ -21,7 +21,6 @@ from tensordict import TensorDictBase
 
 from dmac_lightning import divergence
 from dmac_lightning.algorithms.base import (
-    ActMode,
     EpisodeBatch,
     MultiAgentModule,
     check_dmac_settings,
@@ -32,7 +31,7 @@ from dmac_lightning.algorithms.base import (
 )
 from dmac_lightning.envs.common import EnvInfo
 from dmac_lightning.networks import CounterfactualCritic
-from dmac_lightning.policy import epsilon_mixed_log_probs, gather_actions, linear_schedule, masked_log_softmax, sample
+from dmac_lightning.policy import gather_actions, sample
 from dmac_lightning.returns import lambda_returns, masked_mean
 
 
@@ -64,15 +63,13 @@ class Coma(MultiAgentModule):
     ) -> None:
         super().__init__(**kwargs)
         check_range("td_lambda", td_lambda, 0.0, 1.0)
-        check_range("epsilon_start", epsilon_start, 0.0, 1.0)
-        check_range("epsilon_finish", epsilon_finish, 0.0, 1.0)
         if target_update_interval < 1:
             raise ValueError(f"model.target_update_interval must be >= 1, got {target_update_interval!r}")
         self.save_hyperparameters()
         self.td_lambda = td_lambda
         self.critic_hidden_dims = list(critic_hidden_dims)
         self.target_update_interval = target_update_interval
-        self.epsilon_schedule = (epsilon_start, epsilon_finish, epsilon_anneal_steps)
+        self.explore_with_epsilon(epsilon_start, epsilon_finish, epsilon_anneal_steps)
 
     def build(self, info: EnvInfo) -> None:
         self.actor = self.make_agent_network()
@@ -86,14 +83,6 @@ class Coma(MultiAgentModule):
         return hard_target_callbacks(self.target_update_interval, "critic")
 
     # -- policy ---------------------------------------------------------------------------------
-    @property
-    def epsilon(self) -> float:
-        return linear_schedule(*self.epsilon_schedule, step=self.env_steps)
-
-    def policy_log_probs(self, outputs: torch.Tensor, available: torch.Tensor, mode: ActMode) -> torch.Tensor:
-        log_probs = masked_log_softmax(outputs, available)
-        return epsilon_mixed_log_probs(log_probs, available, self.epsilon) if mode == "explore" else log_probs
-
     def log_pi(self, episodes: EpisodeBatch) -> torch.Tensor:
         """The behaviour-consistent policy ``[B, L, n, A]`` (with gradient)."""
         return self.log_policy(self.actor, episodes, "explore")
@@ -232,15 +221,7 @@ class ComaDmac(Coma):
     def advantage(
         self, q_alternatives: torch.Tensor, actions: torch.Tensor, log_pi: torch.Tensor, log_rho: torch.Tensor | None
     ) -> torch.Tensor:
-        return divergence.counterfactual_advantage(
-            gather_actions(q_alternatives, actions),
-            q_alternatives,
-            log_pi.exp(),
-            gather_actions(log_pi, actions),
-            gather_actions(log_rho, actions),
-            divergence.kl_divergence(log_pi, log_rho),
-            self.omega,
-        )
+        return divergence.counterfactual_advantage_at(q_alternatives, actions, log_pi, log_rho, self.omega)
 
     def record_extra(self, episodes: EpisodeBatch, log_pi: torch.Tensor, log_rho: torch.Tensor | None) -> None:
         steps = slice(0, episodes.steps)

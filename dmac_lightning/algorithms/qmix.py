@@ -31,7 +31,7 @@ from dmac_lightning.algorithms.base import (
 from dmac_lightning.envs.common import EnvInfo
 from dmac_lightning.networks import MLPMixer, MonotonicMixer
 from dmac_lightning.networks.mixers import counterfactual_q
-from dmac_lightning.policy import epsilon_greedy, gather_actions, greedy, linear_schedule, sample
+from dmac_lightning.policy import epsilon_greedy, gather_actions, greedy, sample
 from dmac_lightning.returns import lambda_returns, masked_mean
 
 
@@ -61,14 +61,12 @@ class Qmix(MultiAgentModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        check_range("epsilon_start", epsilon_start, 0.0, 1.0)
-        check_range("epsilon_finish", epsilon_finish, 0.0, 1.0)
         if target_update_interval < 1:
             raise ValueError(f"model.target_update_interval must be >= 1, got {target_update_interval!r}")
         self.save_hyperparameters()
         self.mixing_embed_dim, self.hypernet_dim, self.double_q = mixing_embed_dim, hypernet_dim, double_q
         self.target_update_interval = target_update_interval
-        self.epsilon_schedule = (epsilon_start, epsilon_finish, epsilon_anneal_steps)
+        self.explore_with_epsilon(epsilon_start, epsilon_finish, epsilon_anneal_steps)
 
     def build(self, info: EnvInfo) -> None:
         self.agent_q = self.make_agent_network()
@@ -85,10 +83,6 @@ class Qmix(MultiAgentModule):
 
     def configure_callbacks(self) -> list:
         return hard_target_callbacks(self.target_update_interval, "agent_q", "mixer")
-
-    @property
-    def epsilon(self) -> float:
-        return linear_schedule(*self.epsilon_schedule, step=self.env_steps)
 
     def choose_actions(self, outputs: torch.Tensor, available: torch.Tensor, mode: ActMode) -> torch.Tensor:
         # A greedy policy has nothing to sample: evaluation is greedy in both modes.
@@ -166,15 +160,7 @@ class QmixDmac(MultiAgentModule):
         self, q_alternatives: torch.Tensor, actions: torch.Tensor, log_pi: torch.Tensor, log_rho: torch.Tensor
     ) -> torch.Tensor:
         """Counterfactual advantage with ``q_alternatives = Q_tot(s, (a'_i, a_-i))`` from the mixer."""
-        return divergence.counterfactual_advantage(
-            gather_actions(q_alternatives, actions),
-            q_alternatives,
-            log_pi.exp(),
-            gather_actions(log_pi, actions),
-            gather_actions(log_rho, actions),
-            divergence.kl_divergence(log_pi, log_rho),
-            self.omega,
-        )
+        return divergence.counterfactual_advantage_at(q_alternatives, actions, log_pi, log_rho, self.omega)
 
     def update(self, batch: TensorDictBase) -> None:
         critic_optimizer, actor_optimizer = self.optimizers()

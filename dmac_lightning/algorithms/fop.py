@@ -1,0 +1,254 @@
+"""FOP (Zhang et al., 2021) and FOP+DMAC (paper Sec. 5.2, App. C.1).
+
+Both use FOP's networks: the agent GRU policy; two per-agent soft critics ``Q_i(o_i, .)`` (MLPs over
+observation and agent id) each with its own FOP mixer ``Q_tot = sum_i Q_i + V(s) + sum_i (lambda_i(s,a)
+- 1)(Q_i - V_i)`` (IGO), double critics (the minimum is used), and target critics.
+
+FOP: entropy temperature ``alpha`` decayed linearly; individual values ``V_i = alpha logsumexp(Q_i /
+alpha)``; critic TD(lambda) targets from next actions sampled from the current policy, minus
+``alpha mean_i log pi_i(a'_i)``; actor ``sum_a pi_i(a) (alpha log pi_i(a) - Q_i(a))``. Greedy evaluation.
+
+FOP+DMAC: every ``alpha log pi_i`` becomes ``omega log(pi_i / rho_i)``: ``V_i = omega log sum_a
+rho_i(a) exp(Q_i(a) / omega)``, the critic learns DMAC's regularised TD(lambda) targets with the
+stored next action, and the actor minimises ``sum_a pi_i(a) (omega log(pi_i(a)/rho_i(a)) - Q_i(a))``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from torch import nn
+
+from dmac_lightning import divergence
+from dmac_lightning.algorithms.base import (
+    EpisodeBatch,
+    MultiAgentModule,
+    check_dmac_settings,
+    check_range,
+    dmac_callbacks,
+    freeze,
+    hard_target_callbacks,
+)
+from dmac_lightning.envs.common import EnvInfo
+from dmac_lightning.networks import FOPMixer, individual_critic_inputs, mlp
+from dmac_lightning.policy import gather_actions, linear_schedule, sample
+from dmac_lightning.returns import lambda_returns, masked_mean
+
+
+class Fop(MultiAgentModule):
+    """FOP as published (off-policy, entropy-regularised, IGO mixer).
+
+    Args:
+        td_lambda: TD(lambda) factor of the critic targets, in [0, 1].
+        alpha_start, alpha_finish, alpha_anneal_steps: linear decay of the entropy temperature over
+            env steps (FOP: ``max(0.05, 0.5 - t / 200000)``).
+        critic_hidden_dims: hidden widths of each per-agent critic MLP.
+        mixer_heads: heads of the mixer's lambda weights.
+        mixing_embed_dim: hidden width of the mixer's V(s).
+        target_update_interval: copy critics and mixers into their targets every this many updates.
+        epsilon_start, epsilon_finish, epsilon_anneal_steps: epsilon-uniform mixing of the policy.
+        **kwargs: shared settings of :class:`MultiAgentModule`.
+    """
+
+    evaluates_greedily = True
+
+    def __init__(
+        self,
+        td_lambda: float = 0.8,
+        alpha_start: float = 0.5,
+        alpha_finish: float = 0.05,
+        alpha_anneal_steps: int = 180_000,
+        critic_hidden_dims: list[int] = [64, 64],  # noqa: B006 - LightningCLI reads the default
+        mixer_heads: int = 4,
+        mixing_embed_dim: int = 32,
+        target_update_interval: int = 200,
+        epsilon_start: float = 1.0,
+        epsilon_finish: float = 0.05,
+        epsilon_anneal_steps: int = 50_000,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        check_range("td_lambda", td_lambda, 0.0, 1.0)
+        check_range("alpha_start", alpha_start, 0.0, float("inf"), low_open=True)
+        check_range("alpha_finish", alpha_finish, 0.0, float("inf"), low_open=True)
+        if target_update_interval < 1:
+            raise ValueError(f"model.target_update_interval must be >= 1, got {target_update_interval!r}")
+        self.save_hyperparameters()
+        self.td_lambda = td_lambda
+        self.alpha_schedule = (alpha_start, alpha_finish, alpha_anneal_steps)
+        self.critic_hidden_dims, self.mixer_heads, self.mixing_embed_dim = list(critic_hidden_dims), mixer_heads, mixing_embed_dim
+        self.target_update_interval = target_update_interval
+        self.explore_with_epsilon(epsilon_start, epsilon_finish, epsilon_anneal_steps)
+
+    def build(self, info: EnvInfo) -> None:
+        self.actor = self.make_agent_network()
+        self.critics = nn.ModuleList(
+            mlp(info.obs_dim + info.n_agents, self.critic_hidden_dims, info.n_actions) for _ in range(2)
+        )
+        self.mixers = nn.ModuleList(
+            FOPMixer(info.state_dim, info.n_agents, info.n_actions, self.mixer_heads, self.mixing_embed_dim) for _ in range(2)
+        )
+        self.target_critics = freeze(copy.deepcopy(self.critics))
+        self.target_mixers = freeze(copy.deepcopy(self.mixers))
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        critic = self.rmsprop([*self.critics.parameters(), *self.mixers.parameters()], self.lr_critic)
+        return [critic, self.rmsprop(self.actor.parameters(), self.lr_actor)]
+
+    def configure_callbacks(self) -> list:
+        return hard_target_callbacks(self.target_update_interval, "critics", "mixers")
+
+    @property
+    def alpha(self) -> float:
+        return linear_schedule(*self.alpha_schedule, step=self.env_steps)
+
+    def individual_q(self, critics: nn.ModuleList, episodes: EpisodeBatch) -> list[torch.Tensor]:
+        """``Q_i(o_i, .)`` of both critics, each ``[B, L, n, A]``."""
+        inputs = individual_critic_inputs(episodes.observation)
+        return [critic(inputs) for critic in critics]
+
+    # -- hooks that differ between FOP and FOP+DMAC ---------------------------------------------
+    def soft_values(self, q_values: torch.Tensor, log_rho: torch.Tensor | None) -> torch.Tensor:
+        return divergence.soft_value(q_values, self.alpha)
+
+    def actor_objective(self, log_pi: torch.Tensor, q_values: torch.Tensor, log_rho: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        """``mean_{i,t} sum_a pi_i(a) (alpha log pi_i(a) - Q_i(a))`` (SAC for discrete actions)."""
+        per_agent = (log_pi.exp() * (self.alpha * log_pi - q_values)).sum(-1)
+        return masked_mean(per_agent, mask)
+
+    def critic_targets(self, episodes: EpisodeBatch, log_pi: torch.Tensor, log_rho: torch.Tensor | None) -> torch.Tensor:
+        next_actions = sample(log_pi)  # FOP: a' ~ the current policy
+        next_q_tot = self.mixed_q(self.target_critics, self.target_mixers, episodes, next_actions, log_rho, slice(None))
+        returns = lambda_returns(
+            episodes.reward, episodes.terminated, episodes.joint_step_mask, next_q_tot[:, 1:], self.gamma, self.td_lambda
+        )
+        # As published: the entropy of the next step is subtracted after the TD(lambda) recursion.
+        return returns - self.alpha * gather_actions(log_pi, next_actions)[:, 1:].mean(-1)
+
+    # -- shared machinery -----------------------------------------------------------------------
+    def mixed_q(
+        self, critics: nn.ModuleList, mixers: nn.ModuleList, episodes: EpisodeBatch, actions: torch.Tensor,
+        log_rho: torch.Tensor | None, steps: slice, minimum: bool = True,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """``Q_tot`` of each critic/mixer pair at ``actions`` over ``steps`` (their minimum by default)."""
+        state = episodes.state[:, steps]
+        rho = None if log_rho is None else log_rho[:, steps]
+        totals = []
+        for q_values, mixer in zip(self.individual_q(critics, episodes), mixers):
+            q_values = q_values[:, steps]
+            totals.append(mixer(gather_actions(q_values, actions), self.soft_values(q_values, rho), state, actions))
+        return torch.minimum(*totals) if minimum else totals
+
+    def log_rho(self, episodes: EpisodeBatch) -> torch.Tensor | None:
+        return None
+
+    def update(self, batch: TensorDictBase) -> None:
+        critic_optimizer, actor_optimizer = self.optimizers()
+        episodes = self.episode_batch(batch)
+        steps = slice(0, episodes.steps)
+        log_rho = self.log_rho(episodes)
+
+        # FOP updates the actor first, then the critic with the updated policy.
+        log_pi = self.log_policy(self.actor, episodes, "explore")
+        with torch.no_grad():
+            q_values = torch.minimum(*self.individual_q(self.critics, episodes))[:, steps]
+        actor_loss = self.actor_objective(log_pi[:, steps], q_values, None if log_rho is None else log_rho[:, steps], episodes.step_mask)
+        self.optimizer_step(actor_optimizer, actor_loss)
+
+        with torch.no_grad():
+            log_pi = self.log_policy(self.actor, episodes, "explore")
+            targets = self.critic_targets(episodes, log_pi, log_rho)
+        q_tots = self.mixed_q(self.critics, self.mixers, episodes, episodes.actions[:, steps], log_rho, steps, minimum=False)
+        critic_loss = sum(masked_mean((q_tot - targets) ** 2, episodes.joint_step_mask) for q_tot in q_tots)
+        self.optimizer_step(critic_optimizer, critic_loss)
+        self.record(
+            **{
+                "loss/critic": critic_loss,
+                "loss/actor": actor_loss,
+                "critic/q_taken": masked_mean(q_tots[0].detach(), episodes.joint_step_mask),
+                "critic/target": masked_mean(targets, episodes.joint_step_mask),
+                "actor/entropy": masked_mean(-(log_pi.exp() * log_pi).sum(-1)[:, steps], episodes.step_mask),
+            }
+        )
+        self.record_regularizer(episodes, log_pi, log_rho)
+
+    def record_regularizer(self, episodes: EpisodeBatch, log_pi: torch.Tensor, log_rho: torch.Tensor | None) -> None:
+        self.record(**{"train/alpha": self.alpha, "train/epsilon": self.epsilon})
+
+
+class FopDmac(Fop):
+    """FOP+DMAC: FOP's networks with every ``alpha log pi_i`` replaced by ``omega log(pi_i / rho_i)``.
+
+    Args:
+        omega: regularisation coefficient, > 0 (it is also the soft value's temperature).
+        tau: soft-update rate of rho, in (0, 1].
+        target_critic_tau: soft-update rate of the target critics and mixers (default ``tau``).
+        td_lambda: TD(lambda) factor of the critic targets, in [0, 1].
+        critic_hidden_dims, mixer_heads, mixing_embed_dim: FOP's network settings.
+        epsilon_start, epsilon_finish, epsilon_anneal_steps: optional extra exploration (off).
+        **kwargs: shared settings of :class:`MultiAgentModule`.
+    """
+
+    def __init__(
+        self,
+        omega: float = 0.2,
+        tau: float = 0.01,
+        target_critic_tau: float | None = None,
+        td_lambda: float = 0.8,
+        critic_hidden_dims: list[int] = [64, 64],  # noqa: B006
+        mixer_heads: int = 4,
+        mixing_embed_dim: int = 32,
+        epsilon_start: float = 0.0,
+        epsilon_finish: float = 0.0,
+        epsilon_anneal_steps: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        target_critic_tau = check_dmac_settings(omega, tau, target_critic_tau)
+        if omega <= 0:
+            raise ValueError(f"model.omega must be > 0 for FopDmac (it is the soft value's temperature), got {omega!r}")
+        super().__init__(
+            td_lambda=td_lambda,
+            critic_hidden_dims=critic_hidden_dims,
+            mixer_heads=mixer_heads,
+            mixing_embed_dim=mixing_embed_dim,
+            epsilon_start=epsilon_start,
+            epsilon_finish=epsilon_finish,
+            epsilon_anneal_steps=epsilon_anneal_steps,
+            **kwargs,
+        )
+        self.save_hyperparameters()
+        self.omega, self.tau, self.target_critic_tau = omega, tau, target_critic_tau
+
+    def build(self, info: EnvInfo) -> None:
+        super().build(info)
+        self.target_actor = freeze(copy.deepcopy(self.actor))
+
+    def configure_callbacks(self) -> list:
+        return dmac_callbacks(self.tau, self.target_critic_tau, "critics", "mixers")
+
+    def log_rho(self, episodes: EpisodeBatch) -> torch.Tensor:
+        with torch.no_grad():
+            return self.log_policy(self.target_actor, episodes)
+
+    def soft_values(self, q_values: torch.Tensor, log_rho: torch.Tensor | None) -> torch.Tensor:
+        return divergence.soft_value(q_values, self.omega, log_rho)
+
+    def actor_objective(self, log_pi: torch.Tensor, q_values: torch.Tensor, log_rho: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        return divergence.expected_regularized_loss(log_pi, q_values, self.omega, log_rho, mask)
+
+    def critic_targets(self, episodes: EpisodeBatch, log_pi: torch.Tensor, log_rho: torch.Tensor | None) -> torch.Tensor:
+        next_actions = self.bootstrap_actions(episodes, log_pi)
+        next_q_tot = self.mixed_q(self.target_critics, self.target_mixers, episodes, next_actions, log_rho, slice(None))
+        log_ratio = divergence.joint_log_ratio(gather_actions(log_pi, next_actions), gather_actions(log_rho, next_actions))
+        return divergence.critic_targets(
+            episodes.reward, episodes.terminated, episodes.joint_step_mask, next_q_tot[:, 1:], log_ratio[:, 1:],
+            self.gamma, self.omega, self.td_lambda,
+        )
+
+    def record_regularizer(self, episodes: EpisodeBatch, log_pi: torch.Tensor, log_rho: torch.Tensor | None) -> None:
+        steps = slice(0, episodes.steps)
+        kl = divergence.kl_divergence(log_pi[:, steps], log_rho[:, steps])
+        self.record(**{"dmac/kl_pi_rho": masked_mean(kl, episodes.step_mask)})
