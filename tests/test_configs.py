@@ -1,0 +1,43 @@
+"""Every shipped config trains through the CLI and writes the TensorBoard tags it promises."""
+
+import glob
+import json
+import os
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import CONFIGS, SMALL_GAME
+from dmac_lightning.algorithms import ALGORITHMS
+from dmac_lightning.cli import main
+
+STOCHASTIC_GAME_CONFIGS = sorted(glob.glob(os.path.join(CONFIGS, "stochastic_game", "*.yaml")))
+
+
+def test_there_is_a_config_for_each_of_the_ten_algorithms():
+    names = {os.path.basename(path)[:-5] for path in STOCHASTIC_GAME_CONFIGS}
+    assert names == {"coma", "coma_dmac", "maac", "maac_dmac", "qmix", "qmix_dmac", "dop", "dop_dmac", "fop", "fop_dmac"}
+    assert len(ALGORITHMS) == 10
+
+
+@pytest.mark.parametrize("config", STOCHASTIC_GAME_CONFIGS, ids=lambda p: os.path.basename(p)[:-5])
+def test_config_trains_and_logs_losses_and_evaluation(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(
+        [
+            "fit", "--config", config,
+            "--data.env_kwargs", json.dumps(SMALL_GAME),
+            "--data.batch_size", "8", "--data.max_env_steps", "240", "--data.env_steps_per_epoch", "240",
+            "--evaluation.interval", "120", "--evaluation.episodes", "4",
+            "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1",
+        ]
+    )
+    (run_dir,) = glob.glob(str(tmp_path / "lightning_logs" / "stochastic_game" / "*" / "version_0"))
+    events = EventAccumulator(run_dir)
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    losses = {"loss/q"} if "/Qmix/" in run_dir else {"loss/critic", "loss/actor"}
+    assert losses | {"eval/return", "eval/return_ratio", "train/episode_return"} <= tags, tags
+    if "Dmac" in run_dir:
+        assert "dmac/kl_pi_rho" in tags
+    assert os.path.exists(os.path.join(run_dir, "checkpoints", "last.ckpt"))

@@ -1,0 +1,204 @@
+"""The four other families' pieces on tiny tensors: mixers, critics, targets, advantages."""
+
+import itertools
+
+import pytest
+import torch
+
+from dmac_lightning import divergence
+from dmac_lightning.algorithms import Dop, DopDmac, Fop, FopDmac, Maac, MaacDmac, QmixDmac
+from dmac_lightning.networks import AttentionCritic, FOPMixer, LinearDecompositionMixer, MLPMixer, MonotonicMixer
+from dmac_lightning.networks.mixers import counterfactual_q
+from dmac_lightning.policy import gather_actions, masked_log_softmax
+from dmac_lightning.returns import tree_backup_returns
+
+N_AGENTS, N_ACTIONS, STATE_DIM = 3, 4, 5
+
+
+def random_policy(*shape: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(*shape, generator=generator)
+    return masked_log_softmax(logits, torch.ones_like(logits, dtype=torch.bool))
+
+
+# -- QMIX ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(3))
+def test_qmix_mixer_is_monotonic_in_every_agent_q(seed):
+    torch.manual_seed(seed)
+    mixer = MonotonicMixer(STATE_DIM, N_AGENTS, embed_dim=8, hypernet_dim=16)
+    agent_qs = (3 * torch.randn(64, N_AGENTS)).requires_grad_()
+    q_tot = mixer(agent_qs, torch.randn(64, STATE_DIM))
+    (gradient,) = torch.autograd.grad(q_tot.sum(), agent_qs)
+    assert (gradient >= 0).all()
+    assert q_tot.shape == (64,)
+
+
+def test_qmix_dmac_mlp_mixer_is_not_constrained_to_be_monotonic():
+    found_negative = False
+    for seed in range(5):
+        torch.manual_seed(seed)
+        agent_qs = torch.randn(64, N_AGENTS, requires_grad=True)
+        (gradient,) = torch.autograd.grad(MLPMixer(STATE_DIM, N_AGENTS)(agent_qs, torch.randn(64, STATE_DIM)).sum(), agent_qs)
+        found_negative |= bool((gradient < 0).any())
+    assert found_negative
+
+
+def test_counterfactual_q_through_the_mixer_replaces_one_agent_at_a_time():
+    torch.manual_seed(0)
+    mixer = MLPMixer(STATE_DIM, N_AGENTS)
+    q_values = torch.randn(2, N_AGENTS, N_ACTIONS)
+    actions = torch.tensor([[0, 3, 1], [2, 2, 0]])
+    state = torch.randn(2, STATE_DIM)
+    result = counterfactual_q(mixer, q_values, actions, state)
+    assert result.shape == (2, N_AGENTS, N_ACTIONS)
+    for b, i, alternative in itertools.product(range(2), range(N_AGENTS), range(N_ACTIONS)):
+        joint = actions[b].clone()
+        joint[i] = alternative
+        chosen = q_values[b, torch.arange(N_AGENTS), joint]
+        torch.testing.assert_close(result[b, i, alternative], mixer(chosen, state[b]))
+    # at the taken action every row is the same joint Q_tot
+    taken = gather_actions(result, actions)
+    torch.testing.assert_close(taken, taken[:, :1].expand_as(taken))
+
+
+# -- DOP -----------------------------------------------------------------------------------------------
+def test_dop_decomposition_has_nonnegative_k_and_is_linear():
+    torch.manual_seed(0)
+    mixer = LinearDecompositionMixer(STATE_DIM, N_AGENTS)
+    state = torch.randn(100, STATE_DIM)
+    k, b = mixer.k(state), mixer.b(state)
+    assert (k >= 0).all() and k.shape == (100, N_AGENTS)
+    agent_qs = torch.randn(100, N_AGENTS)
+    torch.testing.assert_close(mixer(agent_qs, state), (k * agent_qs).sum(-1) + b)
+
+
+def test_dop_lvd_advantage_by_hand():
+    k = torch.tensor([0.5, 2.0])
+    q_values = torch.tensor([[1.0, 3.0], [0.0, -2.0]])
+    log_pi = torch.log(torch.tensor([[0.25, 0.75], [0.5, 0.5]]))
+    actions = torch.tensor([0, 1])
+    # agent 0: 0.5 * (1 - (0.25 * 1 + 0.75 * 3)) = -0.75 ; agent 1: 2 * (-2 - (-1)) = -2
+    advantage = Dop().advantage(k, q_values, actions, log_pi, None)
+    torch.testing.assert_close(advantage, torch.tensor([-0.75, -2.0]))
+
+
+def test_tree_backup_targets_by_hand():
+    # 3 steps, terminated at the last; gamma 0.5
+    rewards = torch.tensor([[1.0, 2.0, 3.0]])
+    terminated = torch.tensor([[0.0, 0.0, 1.0]])
+    filled = torch.ones(1, 3, dtype=torch.bool)
+    expected = torch.tensor([[10.0, 20.0, 99.0]])  # E_pi Qbar(s_{t+1}, .)
+    taken = torch.tensor([[12.0, 16.0, 99.0]])  # Qbar(s_{t+1}, a_{t+1})
+    traces = torch.tensor([[0.5, 0.25, 99.0]])  # lambda * pi(a_{t+1})
+    # G_2 = 3 ; G_1 = 2 + 0.5 * (20 + 0.25 * (3 - 16)) = 10.375 ; G_0 = 1 + 0.5 * (10 + 0.5 * (10.375 - 12)) = 5.59375
+    returns = tree_backup_returns(rewards, terminated, filled, expected, taken, traces, 0.5)
+    torch.testing.assert_close(returns, torch.tensor([[5.59375, 10.375, 3.0]]))
+    # zero traces: expected SARSA targets r + gamma E_pi Qbar
+    expected_sarsa = tree_backup_returns(rewards, terminated, filled, expected, taken, torch.zeros(1, 3), 0.5)
+    torch.testing.assert_close(expected_sarsa, torch.tensor([[6.0, 12.0, 3.0]]))
+
+
+# -- MAAC ----------------------------------------------------------------------------------------------
+def test_maac_attention_critic_shapes_and_counterfactual_rows():
+    torch.manual_seed(0)
+    critic = AttentionCritic(input_dim=7, n_agents=N_AGENTS, n_actions=N_ACTIONS, hidden_dim=16, n_heads=2, attention_dim=8)
+    histories = critic.encode(torch.randn(2, 6, N_AGENTS, 7))
+    assert histories.shape == (2, 6, N_AGENTS, 16)
+    actions = torch.randint(N_ACTIONS, (2, 6, N_AGENTS))
+    q_values, logits = critic(histories, actions)
+    assert q_values.shape == (2, 6, N_AGENTS, N_ACTIONS)
+    assert logits.numel() == 2 * 6 * 2 * N_AGENTS * (N_AGENTS - 1)  # heads x ordered pairs of distinct agents
+    changed = actions.clone()
+    changed[..., 0] = (changed[..., 0] + 1) % N_ACTIONS
+    q_changed, _ = critic(histories, changed)
+    torch.testing.assert_close(q_changed[..., 0, :], q_values[..., 0, :])  # own action: not an input
+    assert not torch.allclose(q_changed[..., 1, :], q_values[..., 1, :])  # others attend to it
+    single = AttentionCritic(input_dim=7, n_agents=1, n_actions=N_ACTIONS, hidden_dim=16, n_heads=2, attention_dim=8)
+    assert torch.isfinite(single(single.encode(torch.randn(1, 2, 1, 7)), torch.zeros(1, 2, 1, dtype=torch.long))[0]).all()
+
+
+def test_maac_counterfactual_baseline_and_entropy_term_by_hand():
+    q_alternatives = torch.tensor([[1.0, 4.0]])
+    log_pi = torch.log(torch.tensor([[0.2, 0.8]]))
+    actions = torch.tensor([1])
+    maac = Maac(alpha=0.5)
+    # baseline = 0.2 * 1 + 0.8 * 4 = 3.4 ; A = 4 - 3.4 = 0.6 ; minus alpha log pi(a) = -0.5 * log 0.8
+    expected = 0.6 - 0.5 * torch.log(torch.tensor(0.8))
+    torch.testing.assert_close(maac.advantage(q_alternatives, actions, log_pi, log_pi), expected[None])
+
+
+# -- FOP -----------------------------------------------------------------------------------------------
+def test_soft_value_with_alpha_and_with_omega_and_rho_by_hand():
+    q = torch.tensor([1.0, 2.0, 0.0])
+    # FOP: alpha log sum exp(Q / alpha), alpha = 0.5: 0.5 * log(e^2 + e^4 + 1)
+    expected_alpha = 0.5 * torch.log(torch.exp(torch.tensor(2.0)) + torch.exp(torch.tensor(4.0)) + 1)
+    torch.testing.assert_close(divergence.soft_value(q, 0.5), expected_alpha)
+    # FOP+DMAC: omega log sum rho exp(Q / omega), omega = 2, rho = (0.5, 0.25, 0.25)
+    rho = torch.tensor([0.5, 0.25, 0.25])
+    expected_rho = 2 * torch.log(0.5 * torch.exp(torch.tensor(0.5)) + 0.25 * torch.exp(torch.tensor(1.0)) + 0.25)
+    torch.testing.assert_close(divergence.soft_value(q, 2.0, rho.log()), expected_rho)
+    # a uniform rho is the entropy value shifted by omega log |A|
+    uniform = torch.full((3,), 1 / 3).log()
+    torch.testing.assert_close(divergence.soft_value(q, 2.0, uniform), divergence.soft_value(q, 2.0) - 2 * torch.log(torch.tensor(3.0)))
+    # and the soft value is the regularised optimum's value: max_pi sum pi (Q - omega log pi/rho)
+    optimum = torch.softmax(q / 2.0 + rho.log(), 0)
+    torch.testing.assert_close((optimum * (q - 2.0 * (optimum.log() - rho.log()))).sum(), expected_rho)
+
+
+def test_fop_mixer_weights_are_positive_and_reduce_to_the_sum_at_zero_advantage():
+    torch.manual_seed(0)
+    mixer = FOPMixer(STATE_DIM, N_AGENTS, N_ACTIONS, n_heads=2, embed_dim=8)
+    state = torch.randn(10, STATE_DIM)
+    actions = torch.randint(N_ACTIONS, (10, N_AGENTS))
+    assert (mixer.lambda_weights(state, actions) > 0).all()
+    agent_qs = torch.randn(10, N_AGENTS)
+    # with Q_i = V_i the IGO correction vanishes: Q_tot = sum_i Q_i + V(s)
+    q_tot = mixer(agent_qs, agent_qs, state, actions)
+    torch.testing.assert_close(q_tot, agent_qs.sum(-1) + mixer.value(state).squeeze(-1))
+
+
+def test_fop_actor_objective_by_hand():
+    log_pi = torch.log(torch.tensor([[[[0.25, 0.75]]]]))  # [B, T, n, A]
+    q = torch.tensor([[[[1.0, 2.0]]]])
+    mask = torch.ones(1, 1, 1, dtype=torch.bool)
+    fop = Fop(alpha_start=0.5, alpha_finish=0.5)
+    expected = 0.25 * (0.5 * torch.log(torch.tensor(0.25)) - 1) + 0.75 * (0.5 * torch.log(torch.tensor(0.75)) - 2)
+    torch.testing.assert_close(fop.actor_objective(log_pi, q, None, mask), expected)
+    rho = torch.log(torch.tensor([[[[0.5, 0.5]]]]))
+    dmac = FopDmac(omega=0.5)
+    expected_dmac = 0.25 * (0.5 * torch.log(torch.tensor(0.5)) - 1) + 0.75 * (0.5 * torch.log(torch.tensor(1.5)) - 2)
+    torch.testing.assert_close(dmac.actor_objective(log_pi, q, rho, mask), expected_dmac)
+
+
+# -- every +DMAC variant reduces to its family's unregularised update when rho = pi or omega = 0 -----
+@pytest.mark.parametrize("seed", range(4))
+def test_dmac_advantages_reduce_to_the_unregularised_family_advantage(seed):
+    torch.manual_seed(seed)
+    batch = (2, 5)
+    log_pi = random_policy(*batch, N_AGENTS, N_ACTIONS, seed=seed)
+    log_rho = random_policy(*batch, N_AGENTS, N_ACTIONS, seed=seed + 100)
+    q_alternatives = torch.randn(*batch, N_AGENTS, N_ACTIONS)
+    actions = torch.randint(N_ACTIONS, (*batch, N_AGENTS))
+    counterfactual = gather_actions(q_alternatives, actions) - (log_pi.exp() * q_alternatives).sum(-1)
+
+    # QMIX group (through the mixer) and MAAC group (MAAC with alpha = 0 is unregularised)
+    for dmac in (QmixDmac(omega=0.3), MaacDmac(omega=0.3)):
+        torch.testing.assert_close(dmac.advantage(q_alternatives, actions, log_pi, log_pi), counterfactual)
+        dmac.omega = 0.0
+        torch.testing.assert_close(dmac.advantage(q_alternatives, actions, log_pi, log_rho), counterfactual)
+    torch.testing.assert_close(Maac(alpha=0.0).advantage(q_alternatives, actions, log_pi, log_rho), counterfactual)
+
+    # DOP group
+    k = torch.rand(*batch, N_AGENTS)
+    unregularised = Dop().advantage(k, q_alternatives, actions, log_pi, None)
+    torch.testing.assert_close(DopDmac(omega=0.3).advantage(k, q_alternatives, actions, log_pi, log_pi), unregularised)
+    torch.testing.assert_close(DopDmac(omega=0.0).advantage(k, q_alternatives, actions, log_pi, log_rho), unregularised)
+    assert not torch.allclose(DopDmac(omega=0.3).advantage(k, q_alternatives, actions, log_pi, log_rho), unregularised)
+
+    # FOP group: the expected actor objective with rho = pi is FOP's with alpha = 0
+    mask = torch.ones(*batch, 1, dtype=torch.bool)
+    fop = Fop(alpha_start=1e-12, alpha_finish=1e-12)
+    torch.testing.assert_close(
+        FopDmac(omega=0.3).actor_objective(log_pi, q_alternatives, log_pi, mask),
+        fop.actor_objective(log_pi, q_alternatives, None, mask),
+    )
