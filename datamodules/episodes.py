@@ -164,6 +164,8 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.env_steps = 0
         self.episodes = 0
         self.collects = 0
+        # This rank's own share (not checkpointed: ranks may change on resume).
+        self.local_env_steps = 0
         self.last_collect: dict[str, float] = {}
         self._log_clock: tuple[float, int] | None = None
         self._pending_rng: dict | None = None
@@ -279,6 +281,7 @@ class EpisodeDataModule(pl.LightningDataModule):
                 episodes.get("battle_won").float().sum() if "battle_won" in episodes.keys() else returns.new_zeros(()),
             ]
         )
+        self.local_env_steps += int(stats[0])
         steps, count, return_sum, wins = _all_reduce_sum(stats).tolist()
         self.env_steps += int(steps)
         self.episodes += int(count)

@@ -119,6 +119,9 @@ class DMACCLI(LightningCLI):
             checkpointing=config.trainer.enable_checkpointing is not False,
             progress_bar=config.trainer.enable_progress_bar is not False,
         )
+        if config.trainer.strategy == "ddp":
+            # A critic step and an actor step each back-propagate through only part of the module.
+            config.trainer.strategy = "ddp_find_unused_parameters_true"
         class_path = config.model.class_path
         if class_path.rsplit(".", 1)[-1] not in ALGORITHMS:
             raise ConfigError(f"model: unknown algorithm {class_path!r}; allowed values: {', '.join(ALGORITHMS)}")

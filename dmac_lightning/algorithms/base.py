@@ -12,6 +12,7 @@ behind (which prefetching would cause).
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, ClassVar, Iterator, Literal
 
 import pytorch_lightning as pl
@@ -123,6 +124,10 @@ class MultiAgentModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if self.env_info is None:
             self.configure_env(self.trainer.datamodule.env_info)
+        local_ranks = self.trainer.num_devices
+        if self.device.type == "cpu" and local_ranks > 1:
+            # Several CPU ranks on one machine: share the cores instead of oversubscribing them.
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
 
     def configure_env(self, info: EnvInfo) -> None:
         """Build the networks for ``info``'s sizes (also usable outside a Trainer, e.g. in tests)."""
