@@ -4,8 +4,7 @@ Data flow: ``Collector`` (policy = the LightningModule's current actor, same wei
 -> complete episodes -> :func:`pad_episodes` -> ``TensorDictReplayBuffer(LazyTensorStorage)``
 -> :class:`EpisodeStream` yields ``updates_per_collect`` sampled batches after every collect.
 
-A stored episode is a TensorDict of batch ``[]`` whose entries have a time dimension of
-``episode_limit + 1``: step ``t`` holds the observation, action mask and state seen at ``t``, the
+A stored episode is a TensorDict of batch ``[episode_limit + 1]`` (time): step ``t`` holds the observation, action mask and state seen at ``t``, the
 action taken, and the reward and termination that followed. The extra last slot holds the
 observation after the final step (the bootstrap state). ``filled`` marks the steps where an action
 was taken; padding has zero observations and all actions available (so masked softmaxes stay finite).
@@ -29,49 +28,60 @@ from torchrl.data.replay_buffers import RandomSampler, SamplerWithoutReplacement
 from torchrl.envs import EnvBase, TensorDictPrimer, TransformedEnv
 
 from dmac_lightning.envs import EnvInfo, check_env_config, make_env
-from dmac_lightning.envs.common import ACTION, ACTION_MASK, BATTLE_WON, OBSERVATION, STATE
+from dmac_lightning.envs.common import ACTION, ACTION_MASK, BATTLE_WON, BROKEN, OBSERVATION, STATE
 
 Regime = Literal["off_policy", "on_policy", "mixed"]
 _STEP_KEYS = (OBSERVATION, ACTION_MASK, STATE)
 
 
 def pad_episodes(data: TensorDictBase, episode_limit: int) -> TensorDict:
-    """Collector output ``[k, T]`` (padded, with ``("collector", "mask")``) -> ``k`` stored episodes."""
+    """Collector output ``[k, T]`` (padded, with ``("collector", "mask")``) -> ``k`` stored episodes,
+    a TensorDict of batch ``[k, episode_limit + 1]`` (see the module docstring).
+
+    Episodes an env marked broken (``("info", "episode_broken")``, e.g. after a StarCraft II crash) are
+    dropped here, so nothing downstream ever sees them.
+    """
     valid = data.get(("collector", "mask"))
+    if ("next", *BROKEN) in data.keys(include_nested=True):
+        intact = ~(data.get(("next", *BROKEN))[..., 0] & valid).any(1)
+        data, valid = data[intact], valid[intact]
     n_episodes, steps = valid.shape
     if steps > episode_limit:
-        raise RuntimeError(
-            f"an episode lasted {steps} steps, longer than the env's episode_limit {episode_limit}"
-        )
+        raise RuntimeError(f"an episode lasted {steps} steps, longer than the env's episode_limit {episode_limit}")
     lengths = valid.sum(1)
     rows = torch.arange(n_episodes, device=valid.device)
-    last = lengths - 1
-    padded_len = episode_limit + 1
-    out = TensorDict({}, batch_size=[n_episodes], device=data.device)
-    for key in _STEP_KEYS:
-        now, after = data.get(key), data.get(("next", *key) if isinstance(key, tuple) else ("next", key))
-        fill = key == ACTION_MASK
-        series = torch.full((n_episodes, padded_len, *now.shape[2:]), fill, dtype=now.dtype, device=now.device)
-        mask = valid.view(n_episodes, steps, *([1] * (now.dim() - 2)))
-        series[:, :steps] = torch.where(mask, now, series[:, :steps])
-        series[rows, lengths] = after[rows, last]
-        out.set(key, series)
-    actions = data.get(ACTION)
-    stored_actions = torch.zeros((n_episodes, padded_len, *actions.shape[2:]), dtype=actions.dtype, device=actions.device)
-    stored_actions[:, :steps] = actions * valid.view(n_episodes, steps, *([1] * (actions.dim() - 2)))
-    out.set(ACTION, stored_actions)
-    for key in ("reward", "terminated"):
-        value = data.get(("next", key))
-        series = torch.zeros((n_episodes, padded_len, 1), dtype=value.dtype, device=value.device)
-        series[:, :steps] = value * valid.unsqueeze(-1)
-        out.set(key, series)
-    filled = torch.zeros(n_episodes, padded_len, dtype=torch.bool, device=valid.device)
-    filled[:, :steps] = valid
-    out.set("filled", filled)
-    out.set("episode_length", lengths)
+    last = (lengths - 1).clamp(min=0)
+    padded = (n_episodes, episode_limit + 1)
+
+    def series(value: torch.Tensor, fill: bool | float = 0) -> torch.Tensor:
+        out = torch.full((*padded, *value.shape[2:]), fill, dtype=value.dtype, device=value.device)
+        mask = valid.view(n_episodes, steps, *([1] * (value.dim() - 2)))
+        out[:, :steps] = torch.where(mask, value, out[:, :steps])
+        return out
+
+    out = TensorDict({}, batch_size=padded, device=data.device)
+    for key in (OBSERVATION, ACTION_MASK, STATE):
+        stored = series(data.get(key), fill=key == ACTION_MASK)
+        stored[rows, lengths] = data.get(("next", *_as_tuple(key)))[rows, last]  # the bootstrap observation
+        out.set(key, stored)
+    out.set(ACTION, series(data.get(ACTION)))
+    out.set("reward", series(data.get(("next", "reward"))))
+    out.set("terminated", series(data.get(("next", "terminated"))))
+    out.set("filled", series(valid))
     if ("next", *BATTLE_WON) in data.keys(include_nested=True):
-        out.set("battle_won", data.get(("next", *BATTLE_WON))[rows, last, 0])
+        out.set("battle_won", series(data.get(("next", *BATTLE_WON))[..., 0]))
     return out
+
+
+def _as_tuple(key: str | tuple) -> tuple:
+    return key if isinstance(key, tuple) else (key,)
+
+
+def trim_to_longest(batch: TensorDictBase) -> TensorDictBase:
+    """Cut the padded time dimension of ``[B, L]`` episodes after the longest one's bootstrap slot:
+    short episodes padded to a long limit (SMAC's 100+) would otherwise cost most of an update."""
+    longest = int(batch.get("filled").sum(-1).max())
+    return batch[:, : longest + 1]
 
 
 def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -275,10 +285,10 @@ class EpisodeDataModule(pl.LightningDataModule):
         returns = episodes.get("reward").sum((1, 2))
         stats = torch.stack(
             [
-                episodes.get("episode_length").sum().float(),
+                episodes.get("filled").sum().float(),
                 torch.tensor(float(episodes.batch_size[0]), device=returns.device),
                 returns.sum(),
-                episodes.get("battle_won").float().sum() if "battle_won" in episodes.keys() else returns.new_zeros(()),
+                episodes.get("battle_won").any(-1).float().sum() if "battle_won" in episodes.keys() else returns.new_zeros(()),
             ]
         )
         self.local_env_steps += int(stats[0])
@@ -313,10 +323,10 @@ class EpisodeDataModule(pl.LightningDataModule):
 
     def sample(self) -> TensorDictBase:
         if self.regime == "on_policy":
-            return self.fresh.sample()
+            return trim_to_longest(self.fresh.sample())
         if self.regime == "off_policy":
-            return self.replay.sample()
-        return TensorDict({"fresh": self.fresh.sample(), "replay": self.replay.sample()}, batch_size=[])
+            return trim_to_longest(self.replay.sample())
+        return TensorDict({"fresh": trim_to_longest(self.fresh.sample()), "replay": trim_to_longest(self.replay.sample())}, batch_size=[])
 
     @property
     def budget_reached(self) -> bool:

@@ -23,7 +23,7 @@ def test_collected_episodes_have_the_padded_layout_and_masks():
     data = connected(ComaDmac())
     episodes = data.collect()
     k, L = 4, 6 + 1
-    assert episodes.batch_size == (k,)
+    assert episodes.batch_size == (k, L)
     assert episodes["agents", "observation"].shape == (k, L, 2, 4 + 6)
     assert episodes["agents", "action_mask"].shape == (k, L, 2, 3)
     assert episodes["agents", "action"].shape == (k, L, 2)
@@ -62,7 +62,8 @@ def test_pad_episodes_handles_episodes_of_different_lengths():
         batch_size=[k, steps],
     )
     episodes = pad_episodes(data, episode_limit=4)
-    assert episodes["episode_length"].tolist() == [3, 1]
+    assert episodes.batch_size == (2, 5)
+    assert episodes["filled"].sum(-1).tolist() == [3, 1]
     assert episodes["filled"].tolist() == [[True, True, True, False, False], [True, False, False, False, False]]
     observation = episodes["agents", "observation"][..., 0, 0]
     assert observation[0].tolist() == [0, 1, 2, 102, 0]  # bootstrap slot holds the final next observation
@@ -70,7 +71,7 @@ def test_pad_episodes_handles_episodes_of_different_lengths():
     assert episodes["reward"][..., 0].sum(1).tolist() == [3, 1]
     assert episodes["agents", "action"][1].sum() == 1
     assert episodes["agents", "action_mask"].all()  # padding keeps every action available
-    assert episodes["battle_won"].tolist() == [True, False]
+    assert episodes["battle_won"].any(-1).tolist() == [True, False]
     with pytest.raises(RuntimeError, match="longer than the env's episode_limit"):
         pad_episodes(data, episode_limit=2)
 
@@ -80,7 +81,7 @@ def test_replay_buffer_samples_whole_episodes():
     collected = torch.cat([data.collect()["agents", "observation"] for _ in range(3)])
     assert len(data.replay) == 6 and data.can_sample()
     batch = data.sample()
-    assert batch.batch_size == (5,) and batch["filled"].shape == (5, 7)
+    assert batch.batch_size == (5, 7) and batch["filled"].shape == (5, 7)
     for episode in batch["agents", "observation"]:
         assert any(torch.equal(episode, stored) for stored in collected[-6:])  # whole episodes, newest 6 kept
 
@@ -96,7 +97,7 @@ def test_on_policy_buffer_holds_only_the_fresh_episodes():
         assert any(torch.equal(episode, fresh) for fresh in second["agents", "action"])
     assert not any(torch.equal(old, new) for old in first["agents", "action"] for new in stored["agents", "action"])
     batch = data.sample()
-    assert batch.batch_size == (4,)
+    assert batch.batch_size == (4, 7)
 
 
 def test_on_policy_batch_cannot_exceed_the_fresh_episodes():

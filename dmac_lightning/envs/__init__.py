@@ -16,6 +16,7 @@ import torch
 from torchrl.envs import EnvBase
 
 from dmac_lightning.envs.common import EnvInfo
+from dmac_lightning.envs import smax
 from dmac_lightning.envs.stochastic_game import StochasticGameEnv
 
 
@@ -31,6 +32,7 @@ _MANAGED = ("n_envs", "seed", "device")
 
 ENVS: dict[str, EnvEntry] = {
     "stochastic_game": EnvEntry(StochasticGameEnv, StochasticGameEnv.check_config),
+    "smax": EnvEntry(smax.SmaxEnv, smax.check_config),
 }
 
 
@@ -51,10 +53,12 @@ def check_env_config(name: str, env_kwargs: dict[str, Any]) -> None:
     parameters = inspect.signature(function).parameters
     variadic = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
     allowed = [p for p in parameters if p not in (*_MANAGED, "self") and parameters[p].kind not in variadic]
+    # Envs that forward extra keyword arguments to the underlying game accept any other name.
+    forwards_extras = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     for key in env_kwargs:
         if key in _MANAGED:
             raise ValueError(f"data.env_kwargs.{key} is set by the data module (data.{key}); remove it from env_kwargs")
-        if key not in allowed:
+        if key not in allowed and not forwards_extras:
             raise ValueError(
                 f"data.env_kwargs.{key}: not a setting of env {name!r}; allowed fields: {', '.join(allowed)}"
             )

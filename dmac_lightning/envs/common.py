@@ -8,6 +8,7 @@ Keys (batch ``[n_envs]``), the same as TorchRL's SMACv2 wrapper:
 * ``"state"`` ``[state_dim]`` float
 * ``"reward"``, ``"done"``, ``"terminated"``, ``"truncated"`` ``[1]``
 * optional ``("info", "battle_won")`` ``[1]`` bool
+* optional ``("info", "episode_broken")`` ``[1]`` bool (the episode is dropped, never trained on)
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ ACTION_MASK = (AGENTS, "action_mask")
 ACTION = (AGENTS, "action")
 STATE = "state"
 BATTLE_WON = ("info", "battle_won")
+# Set by an env on the step where it had to restart (e.g. StarCraft II crashed): that episode is dropped.
+BROKEN = ("info", "episode_broken")
 
 
 @dataclass(frozen=True)

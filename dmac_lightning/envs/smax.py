@@ -1,0 +1,192 @@
+"""SMAX (JaxMARL's JAX re-implementation of SMAC combat) as a batched TorchRL env: no StarCraft II.
+
+``n_envs`` copies of ``HeuristicEnemySMAX`` step in one jitted, vmapped call (compiled once); arrays
+cross into torch by DLPack. Maps: 3m, 8m, 2s3z, 3s5z, 5m_vs_6m, 3s_vs_3z (registered here), and any
+other scenario JaxMARL knows. 1c3s5z, MMM2 and 2c_vs_64zg have units SMAX does not model: they need
+StarCraft II (``data.env: smac``).
+
+Win: every enemy dead and at least one ally alive, into ``("info", "battle_won")``. The step limit
+(``max_steps``) is a truncation, not a termination.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.envs import EnvBase
+
+from dmac_lightning.envs.common import ACTION, EnvInfo, multi_agent_specs
+
+INSTALL = "pip install 'jaxmarl==0.2.0'   (or: pip install -e '.[smax]')"
+PAPER_MAPS = ("3m", "8m", "2s3z", "3s5z", "5m_vs_6m", "3s_vs_3z")
+NEEDS_STARCRAFT = ("1c3s5z", "MMM2", "2c_vs_64zg")
+# SMAX unit types: 0 marine, 1 marauder, 2 stalker, 3 zealot, 4 zergling, 5 hydralisk.
+EXTRA_SCENARIOS = {"3s_vs_3z": ([2, 2, 2, 3, 3, 3], 3, 3)}
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Config-time checks: JaxMARL installed, the map expressible in SMAX, sane sizes."""
+    map_name = config.get("map_name", "3m")
+    if map_name in NEEDS_STARCRAFT:
+        raise ValueError(
+            f"smax: map {map_name!r} has units SMAX cannot express; it needs StarCraft II: use data.env: smac "
+            f"(SMAX maps: {', '.join(PAPER_MAPS)})"
+        )
+    if importlib.util.find_spec("jaxmarl") is None:
+        raise ImportError(f"data.env: smax needs JaxMARL, which is not installed: {INSTALL}")
+    scenarios = _scenarios()
+    if map_name not in scenarios:
+        raise ValueError(f"smax: unknown map {map_name!r}; allowed values: {', '.join(sorted(scenarios))}")
+    max_steps = config.get("max_steps", 100)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"smax: max_steps must be an integer >= 1, got {max_steps!r}")
+
+
+def _scenarios() -> dict:
+    import jax.numpy as jnp
+    from jaxmarl.environments.smax import smax_env
+
+    for name, (unit_types, allies, enemies) in EXTRA_SCENARIOS.items():
+        if name not in smax_env.MAP_NAME_TO_SCENARIO:
+            smax_env.register_scenario(name, smax_env.Scenario(jnp.array(unit_types, dtype=jnp.uint8), allies, enemies, False, False))
+    return smax_env.MAP_NAME_TO_SCENARIO
+
+
+def _to_torch(array: Any, device: torch.device) -> torch.Tensor:
+    return torch.from_dlpack(array).to(device)
+
+
+class SmaxEnv(EnvBase):
+    """``n_envs`` SMAX battles against the heuristic enemy, in the shared key layout."""
+
+    def __init__(
+        self,
+        n_envs: int = 1,
+        map_name: str = "3m",
+        max_steps: int = 100,
+        seed: int | None = None,
+        device: torch.device | str | None = None,
+        **smax_kwargs: Any,
+    ) -> None:
+        check_config({"map_name": map_name, "max_steps": max_steps})
+        import jax
+        import jax.numpy as jnp
+        from jaxmarl.environments.smax import HeuristicEnemySMAX
+
+        device = torch.device(device or "cpu")
+        super().__init__(device=device, batch_size=torch.Size([n_envs]))
+        self.map_name = map_name
+        game = HeuristicEnemySMAX(scenario=_scenarios()[map_name], max_steps=max_steps, **smax_kwargs)
+        self._game = game
+        agents = game.agents
+        n_allies = game.num_allies
+        self.info = EnvInfo(
+            n_agents=len(agents),
+            n_actions=int(game.action_space(agents[0]).n),
+            obs_dim=int(game.observation_space(agents[0]).shape[0]),
+            state_dim=int(game.reset(jax.random.PRNGKey(0))[0]["world_state"].shape[0]),
+            episode_limit=max_steps,
+            reports_wins=True,
+        )
+
+        def observe(obs: dict, state: Any) -> dict:
+            available = game.get_avail_actions(state)
+            return {
+                "observation": jnp.stack([obs[a] for a in agents]).astype(jnp.float32),
+                "action_mask": jnp.stack([available[a] for a in agents]).astype(jnp.bool_),
+                "state": obs["world_state"].astype(jnp.float32),
+            }
+
+        def reset_one(key: Any) -> tuple:
+            obs, state = game.reset(key)
+            return state, observe(obs, state)
+
+        def step_one(key: Any, state: Any, actions: Any) -> tuple:
+            obs, state, rewards, _, _ = game.step_env(key, state, {a: actions[i] for i, a in enumerate(agents)})
+            alive = state.state.unit_alive
+            allies_dead, enemies_dead = ~alive[:n_allies].any(), ~alive[n_allies:].any()
+            terminated = allies_dead | enemies_dead
+            out = observe(obs, state)
+            out.update(
+                reward=rewards[agents[0]].astype(jnp.float32)[None],
+                terminated=terminated[None],
+                truncated=(state.state.done & ~terminated)[None],
+                battle_won=(enemies_dead & ~allies_dead)[None],
+            )
+            return state, out
+
+        def reset_where(key: Any, states: Any, mask: Any) -> tuple:
+            key, sub = jax.random.split(key)
+            fresh_states, fresh = jax.vmap(reset_one)(jax.random.split(sub, n_envs))
+
+            def choose(new: Any, old: Any) -> Any:
+                return jnp.where(mask.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+
+            states = fresh_states if states is None else jax.tree_util.tree_map(choose, fresh_states, states)
+            return key, states, fresh
+
+        def step_all(key: Any, states: Any, actions: Any) -> tuple:
+            key, sub = jax.random.split(key)
+            states, out = jax.vmap(step_one)(jax.random.split(sub, n_envs), states, actions)
+            return key, states, out
+
+        # Compiled once per env object (shapes are fixed), never per step.
+        self._reset_all = jax.jit(lambda key: reset_where(key, None, None))
+        self._reset_where = jax.jit(reset_where)
+        self._step_all = jax.jit(step_all)
+        self._jnp = jnp
+        self._key = jax.random.PRNGKey(0 if seed is None else seed)
+        self._states = None
+        for key, spec in multi_agent_specs(self.info, n_envs, device).items():
+            setattr(self, key, spec)
+
+    def _layout(self, out: dict) -> TensorDict:
+        n_envs = self.batch_size[0]
+        agents = TensorDict(
+            {"observation": _to_torch(out["observation"], self.device), "action_mask": _to_torch(out["action_mask"], self.device)},
+            batch_size=(n_envs, self.info.n_agents),
+        )
+        return TensorDict({"agents": agents, "state": _to_torch(out["state"], self.device)}, batch_size=self.batch_size, device=self.device)
+
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs: Any) -> TensorDictBase:
+        reset = None if tensordict is None else tensordict.get("_reset", None)
+        if reset is None or self._states is None:
+            self._key, self._states, fresh = self._reset_all(self._key)
+        else:
+            mask = self._jnp.asarray(reset.reshape(-1).cpu().numpy())
+            self._key, self._states, fresh = self._reset_where(self._key, self._states, mask)
+        out = self._layout(fresh)
+        flags = torch.zeros(self.batch_size[0], 1, dtype=torch.bool, device=self.device)
+        out.update({"done": flags, "terminated": flags.clone(), "truncated": flags.clone(), "info": {"battle_won": flags.clone()}})
+        return out
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        actions = self._jnp.asarray(tensordict.get(ACTION).to(torch.int32).cpu().numpy())
+        self._key, self._states, out = self._step_all(self._key, self._states, actions)
+        result = self._layout(out)
+        terminated = _to_torch(out["terminated"], self.device)
+        truncated = _to_torch(out["truncated"], self.device)
+        result.update(
+            {
+                "reward": _to_torch(out["reward"], self.device),
+                "terminated": terminated,
+                "truncated": truncated,
+                "done": terminated | truncated,
+                "info": {"battle_won": _to_torch(out["battle_won"], self.device)},
+            }
+        )
+        return result
+
+    def _set_seed(self, seed: int | None) -> None:
+        import jax
+
+        self._key = jax.random.PRNGKey(0 if seed is None else seed)
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        return {"key": torch.from_dlpack(self._key).clone()}
+
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._key = self._jnp.asarray(state["key"].numpy())
