@@ -27,7 +27,7 @@ from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers import RandomSampler, SamplerWithoutReplacement
 from torchrl.envs import EnvBase, TensorDictPrimer, TransformedEnv
 
-from dmac_lightning.envs import EnvInfo, check_env_config, make_env
+from dmac_lightning.envs import EnvInfo, check_env_config, env_metadata, make_env
 from dmac_lightning.envs.common import ACTION, ACTION_MASK, BATTLE_WON, BROKEN, OBSERVATION, STATE
 
 Regime = Literal["off_policy", "on_policy", "mixed"]
@@ -227,6 +227,9 @@ class EpisodeDataModule(pl.LightningDataModule):
             return
         self.env = self.make_env(self.n_envs, self.seed)
         self.env_info = self.env.info
+        metadata = env_metadata(self.env_name)
+        if metadata and self.trainer is not None and self.trainer.logger is not None:
+            self.trainer.logger.log_hyperparams(metadata)
         regime = self.regime
         if regime in ("on_policy", "mixed"):
             if self.batch_size > self.episodes_per_collect and regime == "on_policy":

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import torch
 from torchrl.envs import EnvBase
 
 from dmac_lightning.envs.common import EnvInfo
-from dmac_lightning.envs import smax
+from dmac_lightning.envs import smac, smax
 from dmac_lightning.envs.stochastic_game import StochasticGameEnv
 
 
@@ -25,6 +26,8 @@ class EnvEntry:
     factory: Callable[..., EnvBase]
     # Checks env_kwargs at config time, before anything heavy is built; raises ValueError.
     check: Callable[[dict[str, Any]], None] | None = None
+    # Facts about the installation a run records among its hyperparameters (e.g. the SC2 version).
+    metadata: Callable[[], dict[str, Any]] | None = None
 
 
 # Keyword arguments the data module passes itself; users configure everything else.
@@ -33,6 +36,8 @@ _MANAGED = ("n_envs", "seed", "device")
 ENVS: dict[str, EnvEntry] = {
     "stochastic_game": EnvEntry(StochasticGameEnv, StochasticGameEnv.check_config),
     "smax": EnvEntry(smax.SmaxEnv, smax.check_config),
+    "smac": EnvEntry(smac.make_starcraft_envs, smac.check_config, smac.metadata),
+    "smacv2": EnvEntry(smac.make_smacv2_envs, partial(smac.check_config, package="smacv2"), smac.metadata),
 }
 
 
@@ -52,7 +57,7 @@ def check_env_config(name: str, env_kwargs: dict[str, Any]) -> None:
     function = entry.factory.__init__ if isinstance(entry.factory, type) else entry.factory
     parameters = inspect.signature(function).parameters
     variadic = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
-    allowed = [p for p in parameters if p not in (*_MANAGED, "self") and parameters[p].kind not in variadic]
+    allowed = [p for p in parameters if p not in (*_MANAGED, "self", "package") and parameters[p].kind not in variadic]
     # Envs that forward extra keyword arguments to the underlying game accept any other name.
     forwards_extras = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     for key in env_kwargs:
@@ -66,10 +71,17 @@ def check_env_config(name: str, env_kwargs: dict[str, Any]) -> None:
         entry.check(env_kwargs)
 
 
+def env_metadata(name: str) -> dict[str, Any]:
+    metadata = _entry(name).metadata
+    return metadata() if metadata is not None else {}
+
+
 def make_env(
     name: str, env_kwargs: dict[str, Any], n_envs: int, seed: int, device: torch.device | str | None = None
 ) -> EnvBase:
     return _entry(name).factory(n_envs=n_envs, seed=seed, device=device, **env_kwargs)
 
 
-__all__ = ["ENVS", "EnvEntry", "EnvInfo", "StochasticGameEnv", "check_env_config", "make_env", "register_env"]
+__all__ = [
+    "ENVS", "EnvEntry", "EnvInfo", "StochasticGameEnv", "check_env_config", "env_metadata", "make_env", "register_env",
+]

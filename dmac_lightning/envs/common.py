@@ -43,10 +43,13 @@ class EnvInfo:
         return asdict(self)
 
 
-def multi_agent_specs(info: EnvInfo, n_envs: int, device: torch.device | str | None) -> dict[str, Composite]:
-    """Observation, action, reward and done specs of the shared layout for ``n_envs`` envs."""
-    batch = (n_envs,)
-    agents_batch = (n_envs, info.n_agents)
+def multi_agent_specs(
+    info: EnvInfo, batch: int | tuple[int, ...], device: torch.device | str | None, reports_broken: bool = False
+) -> dict[str, Composite]:
+    """Observation, action, reward and done specs of the shared layout for a batch of envs
+    (``n_envs``, or a batch shape such as ``()`` for a single env)."""
+    batch = (batch,) if isinstance(batch, int) else tuple(batch)
+    agents_batch = (*batch, info.n_agents)
     observation = Composite(
         {
             AGENTS: Composite(
@@ -60,9 +63,12 @@ def multi_agent_specs(info: EnvInfo, n_envs: int, device: torch.device | str | N
         shape=batch,
         device=device,
     )
-    if info.reports_wins:
+    flags = {"battle_won": info.reports_wins, "episode_broken": reports_broken}
+    if any(flags.values()):
         observation["info"] = Composite(
-            battle_won=Categorical(2, shape=(*batch, 1), dtype=torch.bool, device=device), shape=batch, device=device
+            {name: Categorical(2, shape=(*batch, 1), dtype=torch.bool, device=device) for name, on in flags.items() if on},
+            shape=batch,
+            device=device,
         )
     action = Composite(
         {

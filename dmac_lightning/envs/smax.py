@@ -6,13 +6,17 @@ other scenario JaxMARL knows. 1c3s5z, MMM2 and 2c_vs_64zg have units SMAX does n
 StarCraft II (``data.env: smac``).
 
 Win: every enemy dead and at least one ally alive, into ``("info", "battle_won")``. The step limit
-(``max_steps``) is a truncation, not a termination.
+(``max_steps``) is a truncation, not a termination. SMAX pays at most 2 per episode (enemy health
+removed, plus 1 for a win); ``reward_scale`` (default 10) gives returns SMAC's scale (at most 20), so
+the paper's SMAC hyperparameters (omega 0.01) mean the same thing here.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -59,6 +63,78 @@ def _to_torch(array: Any, device: torch.device) -> torch.Tensor:
     return torch.from_dlpack(array).to(device)
 
 
+@dataclass(frozen=True)
+class _Compiled:
+    game: Any
+    info: EnvInfo
+    reset_all: Callable
+    reset_where: Callable
+    step_all: Callable
+
+
+@functools.lru_cache(maxsize=16)
+def _compile(map_name: str, max_steps: int, reward_scale: float, n_envs: int, smax_kwargs: tuple) -> _Compiled:
+    """The game and its batched, jitted reset/step for one configuration, built once per process
+    (JAX compiles each on first call; every env object of that configuration shares them)."""
+    import jax
+    import jax.numpy as jnp
+    from jaxmarl.environments.smax import HeuristicEnemySMAX
+
+    game = HeuristicEnemySMAX(scenario=_scenarios()[map_name], max_steps=max_steps, **dict(smax_kwargs))
+    agents = game.agents
+    n_allies = game.num_allies
+    info = EnvInfo(
+        n_agents=len(agents),
+        n_actions=int(game.action_space(agents[0]).n),
+        obs_dim=int(game.observation_space(agents[0]).shape[0]),
+        state_dim=int(game.reset(jax.random.PRNGKey(0))[0]["world_state"].shape[0]),
+        episode_limit=max_steps,
+        reports_wins=True,
+    )
+
+    def observe(state: Any) -> dict:
+        obs = game._env.get_obs(state.state)  # the underlying SMAX: every unit's observation
+        available = game.get_avail_actions(state)
+        return {
+            "observation": jnp.stack([obs[a] for a in agents]).astype(jnp.float32),
+            "action_mask": jnp.stack([available[a] for a in agents]).astype(jnp.bool_),
+            "state": game.get_world_state(state).astype(jnp.float32),
+        }
+
+    def step_one(key: Any, state: Any, actions: Any) -> tuple:
+        _, state, rewards, _, _ = game.step_env(key, state, {a: actions[i] for i, a in enumerate(agents)})
+        alive = state.state.unit_alive
+        allies_dead, enemies_dead = ~alive[:n_allies].any(), ~alive[n_allies:].any()
+        terminated = allies_dead | enemies_dead
+        out = observe(state)
+        out.update(
+            reward=(reward_scale * rewards[agents[0]]).astype(jnp.float32)[None],
+            terminated=terminated[None],
+            truncated=(state.state.done & ~terminated)[None],
+            battle_won=(enemies_dead & ~allies_dead)[None],
+        )
+        return state, out
+
+    def reset_where(key: Any, states: Any, mask: Any) -> tuple:
+        """Fresh games where ``mask`` (all of them when ``states`` is None); the observations of every
+        env afterwards (the continuing ones unchanged)."""
+        key, sub = jax.random.split(key)
+        fresh = jax.vmap(lambda k: game.reset(k)[1])(jax.random.split(sub, n_envs))
+
+        def choose(new: Any, old: Any) -> Any:
+            return jnp.where(mask.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+
+        states = fresh if states is None else jax.tree_util.tree_map(choose, fresh, states)
+        return key, states, jax.vmap(observe)(states)
+
+    def step_all(key: Any, states: Any, actions: Any) -> tuple:
+        key, sub = jax.random.split(key)
+        states, out = jax.vmap(step_one)(jax.random.split(sub, n_envs), states, actions)
+        return key, states, out
+
+    return _Compiled(game, info, jax.jit(lambda key: reset_where(key, None, None)), jax.jit(reset_where), jax.jit(step_all))
+
+
 class SmaxEnv(EnvBase):
     """``n_envs`` SMAX battles against the heuristic enemy, in the shared key layout."""
 
@@ -67,6 +143,7 @@ class SmaxEnv(EnvBase):
         n_envs: int = 1,
         map_name: str = "3m",
         max_steps: int = 100,
+        reward_scale: float = 10.0,
         seed: int | None = None,
         device: torch.device | str | None = None,
         **smax_kwargs: Any,
@@ -74,69 +151,13 @@ class SmaxEnv(EnvBase):
         check_config({"map_name": map_name, "max_steps": max_steps})
         import jax
         import jax.numpy as jnp
-        from jaxmarl.environments.smax import HeuristicEnemySMAX
 
         device = torch.device(device or "cpu")
         super().__init__(device=device, batch_size=torch.Size([n_envs]))
         self.map_name = map_name
-        game = HeuristicEnemySMAX(scenario=_scenarios()[map_name], max_steps=max_steps, **smax_kwargs)
-        self._game = game
-        agents = game.agents
-        n_allies = game.num_allies
-        self.info = EnvInfo(
-            n_agents=len(agents),
-            n_actions=int(game.action_space(agents[0]).n),
-            obs_dim=int(game.observation_space(agents[0]).shape[0]),
-            state_dim=int(game.reset(jax.random.PRNGKey(0))[0]["world_state"].shape[0]),
-            episode_limit=max_steps,
-            reports_wins=True,
-        )
-
-        def observe(obs: dict, state: Any) -> dict:
-            available = game.get_avail_actions(state)
-            return {
-                "observation": jnp.stack([obs[a] for a in agents]).astype(jnp.float32),
-                "action_mask": jnp.stack([available[a] for a in agents]).astype(jnp.bool_),
-                "state": obs["world_state"].astype(jnp.float32),
-            }
-
-        def reset_one(key: Any) -> tuple:
-            obs, state = game.reset(key)
-            return state, observe(obs, state)
-
-        def step_one(key: Any, state: Any, actions: Any) -> tuple:
-            obs, state, rewards, _, _ = game.step_env(key, state, {a: actions[i] for i, a in enumerate(agents)})
-            alive = state.state.unit_alive
-            allies_dead, enemies_dead = ~alive[:n_allies].any(), ~alive[n_allies:].any()
-            terminated = allies_dead | enemies_dead
-            out = observe(obs, state)
-            out.update(
-                reward=rewards[agents[0]].astype(jnp.float32)[None],
-                terminated=terminated[None],
-                truncated=(state.state.done & ~terminated)[None],
-                battle_won=(enemies_dead & ~allies_dead)[None],
-            )
-            return state, out
-
-        def reset_where(key: Any, states: Any, mask: Any) -> tuple:
-            key, sub = jax.random.split(key)
-            fresh_states, fresh = jax.vmap(reset_one)(jax.random.split(sub, n_envs))
-
-            def choose(new: Any, old: Any) -> Any:
-                return jnp.where(mask.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
-
-            states = fresh_states if states is None else jax.tree_util.tree_map(choose, fresh_states, states)
-            return key, states, fresh
-
-        def step_all(key: Any, states: Any, actions: Any) -> tuple:
-            key, sub = jax.random.split(key)
-            states, out = jax.vmap(step_one)(jax.random.split(sub, n_envs), states, actions)
-            return key, states, out
-
-        # Compiled once per env object (shapes are fixed), never per step.
-        self._reset_all = jax.jit(lambda key: reset_where(key, None, None))
-        self._reset_where = jax.jit(reset_where)
-        self._step_all = jax.jit(step_all)
+        compiled = _compile(map_name, max_steps, float(reward_scale), n_envs, tuple(sorted(smax_kwargs.items())))
+        self._game, self.info = compiled.game, compiled.info
+        self._reset_all, self._reset_where, self._step_all = compiled.reset_all, compiled.reset_where, compiled.step_all
         self._jnp = jnp
         self._key = jax.random.PRNGKey(0 if seed is None else seed)
         self._states = None
@@ -145,8 +166,10 @@ class SmaxEnv(EnvBase):
 
     def _layout(self, out: dict) -> TensorDict:
         n_envs = self.batch_size[0]
+        mask = _to_torch(out["action_mask"], self.device)
+        self.full_action_spec[ACTION].update_mask(mask)  # so that rand_action() only picks available actions
         agents = TensorDict(
-            {"observation": _to_torch(out["observation"], self.device), "action_mask": _to_torch(out["action_mask"], self.device)},
+            {"observation": _to_torch(out["observation"], self.device), "action_mask": mask},
             batch_size=(n_envs, self.info.n_agents),
         )
         return TensorDict({"agents": agents, "state": _to_torch(out["state"], self.device)}, batch_size=self.batch_size, device=self.device)

@@ -1,0 +1,204 @@
+"""The real-SMAC wrapper against a stand-in for ``smac.env.StarCraft2Env`` (no StarCraft II here)."""
+
+import importlib
+import logging
+import os
+import sys
+
+import pytest
+import torch
+from torchrl.envs.utils import check_env_specs
+
+from conftest import CONFIGS, ROOT
+from dmac_lightning.envs import check_env_config, make_env
+
+STAND_INS = os.path.join(ROOT, "tests", "stand_ins")
+
+
+def forget_smac():
+    for name in [m for m in sys.modules if m == "smac" or m.startswith("smac.")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
+
+
+@pytest.fixture
+def starcraft(tmp_path, monkeypatch):
+    """The stand-in on the import path and a StarCraft II directory with one installed build."""
+    sc2 = tmp_path / "StarCraftII"
+    (sc2 / "Versions" / "Base75689").mkdir(parents=True)
+    monkeypatch.setenv("SC2PATH", str(sc2))
+    monkeypatch.setenv("STAND_IN_SC2_LOG", str(tmp_path / "sc2.log"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([STAND_INS, os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(STAND_INS)
+    forget_smac()
+    yield tmp_path
+    forget_smac()
+
+
+def available_policy(attack: bool = True):
+    def policy(td):
+        mask = td["agents", "action_mask"].clone()
+        if not attack:  # never shoot: the battle can only end by the time limit
+            mask[..., 6:] = False
+            mask[..., 0] |= ~mask.any(-1)
+        td["agents", "action"] = torch.multinomial(mask.float().flatten(0, -2), 1).view(mask.shape[:-1])
+        return td
+
+    return policy
+
+
+def test_single_game_layout_and_specs(starcraft):
+    from dmac_lightning.envs.smac import StarCraftEnv
+
+    env = StarCraftEnv("3m", seed=0)
+    check_env_specs(env)  # random actions come from the spec, masked to the available ones
+    assert env.info.n_agents == 3 and env.info.n_actions == 9 and env.info.episode_limit == 60
+    td = env.reset()
+    assert td["agents", "observation"].shape == (3, env.info.obs_dim)
+    assert td["agents", "action_mask"].dtype == torch.bool
+    assert td["state"].shape == (env.info.state_dim,)
+    env.close()
+
+
+def test_win_is_a_termination_and_the_time_limit_a_truncation(starcraft):
+    env = make_env("smac", {"map_name": "3m", "parallel": False}, n_envs=2, seed=0)
+    won = env.rollout(60, available_policy(attack=True), break_when_any_done=False)
+    done = won["next", "done"][..., 0]
+    first = done.float().argmax(1)
+    assert done.any(1).all()
+    ends = won["next"][torch.arange(2), first]  # each game's first episode ends in a won battle
+    assert ends["terminated"].all() and ends["info", "battle_won"].all() and not ends["truncated"].any()
+    assert won["next", "reward"].sum() > 0
+    waited = env.rollout(60, available_policy(attack=False), break_when_any_done=False)
+    assert waited.shape == (2, 60)
+    final = waited["next"][:, -1]
+    assert final["truncated"].all() and final["done"].all()
+    assert not final["terminated"].any() and not final["info", "battle_won"].any()
+    assert not waited["next", "done"][:, :-1].any()
+    env.close()
+
+
+def test_a_crash_restarts_the_game_and_marks_only_that_episode(starcraft, monkeypatch, caplog):
+    from dmac_lightning.envs.smac import StarCraftEnv
+
+    monkeypatch.setenv("STAND_IN_SC2_CRASH_ON_STEP", "3")
+    import smac.env
+
+    smac.env._STEP_CALLS["count"] = 0
+    env = StarCraftEnv("3m", seed=0)
+    policy = available_policy(attack=False)
+    td = env.reset()
+    with caplog.at_level(logging.WARNING):
+        for step in range(1, 6):
+            td = env.step(policy(td))
+            broken = td["next", "info", "episode_broken"].item()
+            assert broken == (step == 3)
+            if broken:
+                assert td["next", "done"].item() and td["next", "truncated"].item()
+                td = env.reset()
+            else:
+                td = td["next"]
+    assert env.restarts == 1
+    assert "restarting it and dropping this episode" in caplog.text
+    events = (starcraft / "sc2.log").read_text().split()
+    assert events[::2] == ["launch", "close", "launch"]
+    env.close()
+
+
+def test_the_data_module_drops_the_broken_episode(starcraft, monkeypatch):
+    from datamodules import EpisodeDataModule
+    from dmac_lightning.algorithms import QmixDmac
+
+    monkeypatch.setenv("STAND_IN_SC2_CRASH_ON_STEP", "5")
+    import smac.env
+
+    smac.env._STEP_CALLS["count"] = 0
+    data = EpisodeDataModule(env="smac", env_kwargs={"map_name": "3m", "parallel": False}, n_envs=2,
+                             episodes_per_collect=2, batch_size=1, buffer_size=8, seed=0)
+    module = QmixDmac()
+    data.connect(module)
+    data.setup("fit")
+    module.configure_env(data.env_info)
+    kept = data.collect()
+    assert kept.batch_size[0] == 1  # one of the two episodes was broken and is gone
+    assert data.episodes == 1 and data.env_steps == int(kept["filled"].sum())
+    data.env.close()
+
+
+def test_parallel_workers_run_and_close_their_games(starcraft):
+    env = make_env("smac", {"map_name": "3m"}, n_envs=2, seed=0)
+    assert type(env).__name__ == "StarCraftParallelEnv"
+    rollout = env.rollout(10, available_policy(), break_when_any_done=False)
+    assert rollout["agents", "observation"].shape == (2, 10, 3, env.info.obs_dim)
+    env.close()
+    events = (starcraft / "sc2.log").read_text().split("\n")
+    launches = [e for e in events if e.startswith("launch")]
+    closes = [e for e in events if e.startswith("close")]
+    assert len(launches) == len(closes) >= 3  # a probe for the sizes, then one game per worker
+    assert len({e.split()[1] for e in launches}) >= 3  # in separate processes
+
+
+def test_fit_on_the_stand_in_records_the_sc2_version(starcraft, monkeypatch):
+    from dmac_lightning.cli import main
+
+    monkeypatch.chdir(starcraft)
+    main(
+        [
+            "fit", "--config", os.path.join(CONFIGS, "smac", "3m.yaml"),
+            "--config", os.path.join(CONFIGS, "algorithms", "qmix_dmac.yaml"),
+            "--data.env_kwargs", '{"map_name": "3m", "parallel": false}',
+            "--data.n_envs", "2", "--data.episodes_per_collect", "2", "--data.batch_size", "2",
+            "--data.max_env_steps", "120", "--data.env_steps_per_epoch", "120",
+            "--evaluation.interval", "120", "--evaluation.episodes", "2", "--evaluation.n_envs", "2",
+            "--trainer.enable_progress_bar", "false",
+        ]
+    )
+    hparams = (starcraft / "lightning_logs" / "smac_3m" / "QmixDmac" / "version_0" / "hparams.yaml").read_text()
+    assert "sc2_version: Base75689" in hparams
+
+
+# -- missing dependencies: clear errors before anything starts ------------------------------------
+def test_missing_smac_package(monkeypatch, tmp_path):
+    monkeypatch.setenv("SC2PATH", str(tmp_path))
+    forget_smac()
+    with pytest.raises(ImportError, match=r"needs the 'smac' package, which is not installed(.|\n)*oxwhirl/smac.git"):
+        check_env_config("smac", {"map_name": "3m"})
+
+
+def test_pypi_smac3_is_detected(monkeypatch, tmp_path):
+    site = tmp_path / "site"
+    (site / "smac").mkdir(parents=True)
+    (site / "smac" / "__init__.py").write_text("class HyperparameterOptimizationFacade:\n    pass\n")
+    (site / "smac-2.0.2.dist-info").mkdir()
+    (site / "smac-2.0.2.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: smac\nVersion: 2.0.2\nSummary: SMAC3, a Python Library for Hyperparameter Optimization\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("SC2PATH", str(tmp_path))
+    forget_smac()
+    try:
+        with pytest.raises(ImportError, match=r"PyPI's SMAC3(.|\n)*pip uninstall smac"):
+            check_env_config("smac", {"map_name": "3m"})
+    finally:
+        forget_smac()
+
+
+def test_missing_starcraft(starcraft, monkeypatch):
+    monkeypatch.setenv("SC2PATH", str(starcraft / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"StarCraft II not found: SC2PATH .*nowhere"):
+        check_env_config("smac", {"map_name": "3m"})
+    monkeypatch.delenv("SC2PATH")
+    monkeypatch.setenv("HOME", str(starcraft / "empty_home"))
+    with pytest.raises(FileNotFoundError, match=r"SC2PATH is not set"):
+        check_env_config("smac", {"map_name": "3m"})
+
+
+def test_cli_reports_missing_smac_before_training(monkeypatch, tmp_path, capsys):
+    from dmac_lightning.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    forget_smac()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", os.path.join(CONFIGS, "smac", "MMM2.yaml"), "--config", os.path.join(CONFIGS, "algorithms", "qmix_dmac.yaml")])
+    assert exit_info.value.code == 2
+    assert "oxwhirl/smac.git" in capsys.readouterr().err
