@@ -14,7 +14,7 @@ $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PIN)
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,smax]'
 	touch $(STAMP)
 
 # The default run: COMA+DMAC on the paper's stochastic game, a budget of a few minutes on 2 CPU cores.

@@ -176,6 +176,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.collects = 0
         # This rank's own share (not checkpointed: ranks may change on resume).
         self.local_env_steps = 0
+        self.dropped_episodes = 0
         self.last_collect: dict[str, float] = {}
         self._log_clock: tuple[float, int] | None = None
         self._pending_rng: dict | None = None
@@ -281,7 +282,9 @@ class EpisodeDataModule(pl.LightningDataModule):
     def collect(self) -> TensorDict:
         """Collect ``episodes_per_collect`` complete episodes into the buffers; update the counters."""
         self._ensure_collector()
-        episodes = pad_episodes(next(self._batches), self.env_info.episode_limit)
+        collected = next(self._batches)
+        episodes = pad_episodes(collected, self.env_info.episode_limit)
+        self.dropped_episodes += collected.batch_size[0] - episodes.batch_size[0]
         for buffer in (self.fresh, self.replay):
             if buffer is not None:
                 buffer.extend(episodes)
@@ -300,12 +303,14 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.episodes += int(count)
         self.collects += 1
         self.last_collect = {
-            "train/episode_return": return_sum / count,
-            "train/episode_length": steps / count,
+            "train/episode_return": return_sum / max(count, 1),
+            "train/episode_length": steps / max(count, 1),
             "train/episodes": float(self.episodes),
         }
         if self.env_info.reports_wins:
-            self.last_collect["train/win_rate"] = wins / count
+            self.last_collect["train/win_rate"] = wins / max(count, 1)
+        if self.dropped_episodes:
+            self.last_collect["train/dropped_episodes"] = float(self.dropped_episodes)
         self.last_collect.update({f"train/{k}": v for k, v in getattr(self.env, "train_metrics", dict)().items()})
         self._log_collect()
         return episodes

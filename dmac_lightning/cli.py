@@ -40,7 +40,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 def persistent_callbacks(checkpointing: bool = True, progress_bar: bool = True) -> list:
     """A checkpoint per epoch (``last.ckpt``) and one on exceptions, the RL progress bar; each unless
     the trainer turns checkpointing or the progress bar off."""
-    callbacks: list = [ModelCheckpoint(save_last=True, save_top_k=0, every_n_epochs=1), CrashCheckpoint()] if checkpointing else []
+    callbacks: list = [ModelCheckpoint(save_last="link", every_n_epochs=1), CrashCheckpoint()] if checkpointing else []
     return callbacks + [RLProgressBar()] if progress_bar else callbacks
 
 

@@ -17,7 +17,7 @@ COMA_DMAC = os.path.join(CONFIGS, "stochastic_game", "coma_dmac.yaml")
 FAST = [
     "--data.env_kwargs", json.dumps(SMALL_GAME),
     "--data.batch_size", "8",
-    "--data.env_steps_per_epoch", "400",
+    "--data.env_steps_per_epoch", "200",
     "--evaluation.interval", "400",
     "--evaluation.episodes", "4",
     "--trainer.enable_progress_bar", "false",
@@ -52,6 +52,7 @@ def test_fit_writes_tensorboard_and_checkpoint_then_resume_continues(tmp_path):
     assert checkpoint.exists() and (run_dir / "config.yaml").exists()
     first = torch.load(checkpoint, weights_only=True)
     steps_first = first["EpisodeDataModule"]["env_steps"]
+    assert first["epoch"] >= 3  # a checkpoint after every epoch, not just the first
     assert 800 <= steps_first < 800 + 4 * 5 * 2  # stops within one collect of the budget
     # rho is a separate network that has moved away from its initial copy of pi but not onto pi
     state = first["state_dict"]

@@ -1,0 +1,1 @@
+"""Experiment tooling: a resumable sweep runner and the plots/tables of the paper's figures."""

@@ -1,0 +1,78 @@
+"""The sweep runner's planning and resume logic, and the plots/table on tiny synthetic logs."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+from dmac_lightning.experiments import plots, sweep
+
+
+def test_plan_covers_configs_variants_and_seeds():
+    runs = sweep.plan(["a/coma.yaml", "a/coma_dmac.yaml"], [0, 1])
+    assert [(r.label, r.seed) for r in runs] == [("coma", 0), ("coma", 1), ("coma_dmac", 0), ("coma_dmac", 1)]
+    varied = sweep.plan(["a/coma_dmac.yaml"], [3], vary="model.init_args.omega=0.1,10")
+    assert [(r.label, r.arguments) for r in varied] == [
+        ("coma_dmac-omega0.1", ("--model.init_args.omega", "0.1")),
+        ("coma_dmac-omega10", ("--model.init_args.omega", "10")),
+    ]
+    with pytest.raises(ValueError, match="KEY=V1,V2"):
+        sweep.plan(["a.yaml"], [0], vary="omega")
+
+
+def test_runs_are_skipped_when_done_and_resumed_from_their_checkpoint(tmp_path, monkeypatch):
+    run = sweep.plan(["configs/stochastic_game/coma.yaml"], [2])[0]
+    directory = run.directory(str(tmp_path), "sw")
+    assert directory == str(tmp_path / "sw" / "coma" / "seed_2")
+    fresh = sweep.command(run, str(tmp_path), "sw", ["--data.max_env_steps", "10"])
+    assert "--ckpt_path" not in fresh and fresh[-2:] == ["--data.max_env_steps", "10"]
+    assert fresh[fresh.index("--seed_everything") + 1] == "2"
+    assert fresh[fresh.index("--trainer.logger.init_args.version") + 1] == "seed_2"
+
+    os.makedirs(os.path.join(directory, "checkpoints"))
+    open(os.path.join(directory, "checkpoints", "last.ckpt"), "w").close()
+    resumed = sweep.command(run, str(tmp_path), "sw", [])
+    assert resumed[-2:] == ["--ckpt_path", os.path.join(directory, "checkpoints", "last.ckpt")]
+
+    calls = []
+    monkeypatch.setattr(sweep.subprocess, "run", lambda argv, **kwargs: calls.append(argv) or type("R", (), {"returncode": 0})())
+    sweep.execute(run, str(tmp_path), "sw", [], threads=1)
+    assert len(calls) == 1 and json.load(open(os.path.join(directory, sweep.DONE)))["command"] == calls[0]
+    sweep.execute(run, str(tmp_path), "sw", [], threads=1)  # done: not run again
+    assert len(calls) == 1
+
+
+def write_run(root, label, seed, ratio_end, cover_end, steps=(0, 5000, 10000)):
+    writer = SummaryWriter(os.path.join(root, label, f"seed_{seed}"))
+    for i, step in enumerate(steps):
+        fraction = i / (len(steps) - 1)
+        writer.add_scalar("eval/return_ratio", 0.1 + fraction * (ratio_end - 0.1) + 0.01 * seed, step)
+        writer.add_scalar("train/cover_rate", fraction * cover_end, step)
+    writer.close()
+
+
+def test_plots_and_table_from_synthetic_logs(tmp_path):
+    runs, omega_runs, out = tmp_path / "fig1", tmp_path / "omega", tmp_path / "out"
+    for seed in range(3):
+        write_run(runs, "coma", seed, 0.5, 0.3)
+        write_run(runs, "coma_dmac", seed, 0.8, 0.6)
+        write_run(runs, "qmix_dmac", seed, 0.7, 0.5)
+        for omega, end in (("0.01", 0.6), ("1", 0.9)):
+            write_run(omega_runs, f"coma_dmac-omega{omega}", seed, end, float(omega) / 2)
+    plots.main(["--runs", str(runs), "--out", str(out), "--omega-runs", str(omega_runs)])
+    for name in ("learning_curves.png", "cover_rate.png", "omega_sweep.png"):
+        with open(out / name, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    table = (out / "summary.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "seeds" not in line and "family" not in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["coma", "coma_dmac", "qmix_dmac", "COMA"]
+    # coma_dmac's final ratio: mean over the 3 seeds of 0.8 + 0.01 * seed = 0.81
+    assert "| coma_dmac | 3 | 0.810 ± 0.025 | 0.600 ± 0.000 |" in table
+    assert "| COMA | +0.300 [" in table and "+DMAC better" in table
+
+
+def test_mean_ci_uses_student_t():
+    mean, half = plots.mean_ci(np.array([1.0, 2.0, 3.0]))
+    assert mean == pytest.approx(2.0) and half == pytest.approx(4.303 * 1.0 / np.sqrt(3))
