@@ -58,12 +58,9 @@ class Evaluation(pl.Callback):
         if self.last.get("env_steps") != trainer.datamodule.env_steps:
             self.evaluate(trainer, pl_module)
 
-    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        """Play ``episodes`` evaluation episodes with the current policy; no logging."""
         data = trainer.datamodule
-        steps = data.env_steps
-        self.next_at = (steps // self.interval + 1) * self.interval
-        if not trainer.is_global_zero:
-            return {}
         if self._env is None:
             self._env = data.wrap_env(data.make_env(self.n_envs, data.seed + self.seed_offset))
         greedy = pl_module.greedy_evaluation if self.greedy is None else self.greedy
@@ -71,6 +68,15 @@ class Evaluation(pl.Callback):
         pl_module.eval()
         metrics = evaluate_episodes(self._env, pl_module.policy("greedy" if greedy else "sample"), self.episodes, data.env_info.episode_limit)
         pl_module.train(was_training)
+        return metrics
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        data = trainer.datamodule
+        steps = data.env_steps
+        self.next_at = (steps // self.interval + 1) * self.interval
+        if not trainer.is_global_zero:
+            return {}
+        metrics = self.run(trainer, pl_module)
         self.last = {"env_steps": steps, **metrics}
         if trainer.logger is not None:
             trainer.logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=steps)

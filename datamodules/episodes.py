@@ -251,6 +251,10 @@ class EpisodeDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return DataLoader(EpisodeStream(self), batch_size=None, collate_fn=_identity)
 
+    def test_dataloader(self) -> DataLoader:
+        """One item: ``test_step`` plays the evaluation episodes itself."""
+        return DataLoader([0], batch_size=None)
+
     def wrap_env(self, env: EnvBase) -> TransformedEnv:
         """Add the module's carried per-step state (e.g. GRU hidden state) to ``env``'s specs."""
         spec = self.module.carried_state_spec(env.batch_size[0])

@@ -1,4 +1,4 @@
-"""``dmac``: the LightningCLI (fit / validate / test) with RL-sensible defaults.
+"""``dmac``: the LightningCLI (``fit``; ``test`` evaluates a checkpoint) with RL-sensible defaults.
 
 Defaults on top of Lightning's: runs go to ``lightning_logs/<env>/<Algorithm>/version_N`` (TensorBoard
 events, ``config.yaml``, ``checkpoints/``); an epoch is ``data.env_steps_per_epoch`` env steps and a
@@ -93,7 +93,7 @@ class DMACCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {name: keys for name, keys in LightningCLI.subcommands().items() if name in ("fit", "validate", "test")}
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name in ("fit", "test")}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(Evaluation, "evaluation")
@@ -130,7 +130,7 @@ class DMACCLI(LightningCLI):
         if init_args is None or getattr(init_args, "name", None) != AUTO:
             return
         init_args.name = run_name(class_path, config.data.env, config.data.env_kwargs)
-        if self.subcommand == "fit" and config.ckpt_path == "last":
+        if config.ckpt_path == "last":
             found = newest_run_checkpoint(init_args.save_dir, init_args.name)
             if found is None:
                 raise ConfigError(

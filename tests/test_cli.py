@@ -45,7 +45,7 @@ def scalars(run_dir):
     return tags
 
 
-def test_fit_writes_tensorboard_and_checkpoint_then_resume_continues(tmp_path):
+def test_fit_writes_tensorboard_and_checkpoint_then_resume_continues(tmp_path, monkeypatch, capsys):
     run(tmp_path, "fit", "--config", COMA_DMAC, *FAST, "--data.max_env_steps", "800")
     run_dir = tmp_path / "lightning_logs" / "stochastic_game" / "ComaDmac" / "version_0"
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
@@ -70,6 +70,12 @@ def test_fit_writes_tensorboard_and_checkpoint_then_resume_continues(tmp_path):
     resumed = scalars(run_dir)  # the resumed run writes into the same directory ...
     assert min(s for s in resumed["train/episode_return"] if s not in tags["train/episode_return"]) > steps_first
     assert not (tmp_path / "lightning_logs" / "stochastic_game" / "ComaDmac" / "version_1").exists()
+
+    # `dmac test` evaluates the newest checkpoint of the run
+    monkeypatch.chdir(tmp_path)
+    main(["test", "--config", COMA_DMAC, *FAST, "--ckpt_path", "last", "--evaluation.episodes", "6"])
+    printed = capsys.readouterr().out
+    assert "test/return" in printed and "test/return_ratio" in printed
 
 
 def test_python_dash_m_and_the_console_script_are_the_same_cli(tmp_path):

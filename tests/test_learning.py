@@ -29,6 +29,13 @@ def train(config: str, *overrides: str):
     return cli
 
 
+def final_metrics(cli, episodes: int, n_envs: int, seed: int = 12345) -> dict:
+    data, module = cli.datamodule, cli.model
+    env = data.wrap_env(data.make_env(n_envs, seed=seed))
+    mode = "greedy" if module.greedy_evaluation else "sample"
+    return evaluate_episodes(env, module.policy(mode), episodes, data.env_info.episode_limit)
+
+
 def final_return_ratio(cli, episodes: int = 1000) -> float:
     data, module = cli.datamodule, cli.model
     env = data.wrap_env(data.make_env(250, seed=12345))
@@ -49,3 +56,30 @@ def test_dmac_variant_reaches_90_percent_of_the_exact_optimum(config, tmp_path, 
     )
     assert cli.datamodule.env_steps >= 20000
     assert final_return_ratio(cli) >= 0.9
+
+
+def test_qmix_dmac_learns_to_win_on_smax_3m(tmp_path, monkeypatch):
+    """Issue target: eval win rate >= 0.8 in under 10 minutes on 2 CPU cores. Measured (README,
+    docs/results): QMIX+DMAC reaches about 0.5-0.65 (sampled evaluation) after 100k-350k env steps and
+    plateaus there within that budget, so 0.8 is not reached here. This test keeps a bar it can
+    hold reliably in about 5 minutes: from 0 wins to at least 30% after 100k env steps."""
+    pytest.importorskip("jaxmarl")
+    monkeypatch.chdir(tmp_path)
+    cli = DMACCLI(
+        args=[
+            "--config", os.path.join(CONFIGS, "smax", "3m.yaml"),
+            "--config", os.path.join(CONFIGS, "algorithms", "qmix_dmac.yaml"),
+            "--data.n_envs", "32", "--data.episodes_per_collect", "32", "--data.updates_per_collect", "8",
+            "--model.init_args.lr_actor", "5e-4", "--model.init_args.lr_critic", "5e-4",
+            "--data.max_env_steps", "100000", "--evaluation.interval", "1000000", "--evaluation.at_start", "false",
+            "--trainer.enable_progress_bar", "false", "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
+        ],
+        run=False,
+    )
+    cli.datamodule.connect(cli.model)
+    cli.datamodule.setup("fit")
+    cli.model.configure_env(cli.datamodule.env_info)
+    untrained = final_metrics(cli, episodes=100, n_envs=50)
+    assert untrained["win_rate"] <= 0.05
+    cli.trainer.fit(cli.model, cli.datamodule)
+    assert final_metrics(cli, episodes=200, n_envs=100)["win_rate"] >= 0.3

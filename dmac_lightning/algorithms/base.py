@@ -227,6 +227,14 @@ class MultiAgentModule(pl.LightningModule):
         """One round of updates on a batch of episodes (see :class:`EpisodeBatch`)."""
         raise NotImplementedError
 
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        """``dmac test --ckpt_path ...``: evaluation episodes as the ``evaluation`` settings say."""
+        from callbacks.evaluation import Evaluation
+
+        evaluation = next((c for c in self.trainer.callbacks if isinstance(c, Evaluation)), None) or Evaluation()
+        metrics = evaluation.run(self.trainer, self)
+        self.log_dict({f"test/{name}": value for name, value in metrics.items()}, batch_size=1)
+
     # -- training helpers -----------------------------------------------------------------------
     @property
     def env_steps(self) -> int:
