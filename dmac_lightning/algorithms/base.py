@@ -12,6 +12,7 @@ behind (which prefetching would cause).
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any, Callable, ClassVar, Iterator, Literal
 
@@ -156,6 +157,21 @@ class MultiAgentModule(pl.LightningModule):
                 f"the checkpoint was trained on an env with {saved}, but this run's env has "
                 f"{self.env_info.as_dict()}: resume with the data settings the checkpoint was trained with"
             )
+
+    # -- +DMAC ----------------------------------------------------------------------------------
+    def regularize_with_divergence(self, omega: float, tau: float, target_critic_tau: float | None) -> None:
+        """Make this a +DMAC variant: coefficient ``omega``, target policy rate ``tau``, target critic
+        rate ``target_critic_tau`` (``tau`` when None); validated here, at config time."""
+        self.target_critic_tau = check_dmac_settings(omega, tau, target_critic_tau)
+        self.omega, self.tau = omega, tau
+
+    def add_target_policy(self) -> None:
+        """rho: a frozen copy of the policy network, so it starts equal to pi."""
+        self.target_actor = freeze(copy.deepcopy(self.actor))
+
+    def log_target_policy(self, episodes: EpisodeBatch) -> torch.Tensor:
+        with torch.no_grad():
+            return self.log_policy(self.target_actor, episodes)
 
     # -- acting ---------------------------------------------------------------------------------
     @property

@@ -23,7 +23,6 @@ from dmac_lightning import divergence
 from dmac_lightning.algorithms.base import (
     EpisodeBatch,
     MultiAgentModule,
-    check_dmac_settings,
     check_range,
     dmac_callbacks,
     freeze,
@@ -177,7 +176,6 @@ class ComaDmac(Coma):
         epsilon_anneal_steps: int = 1,
         **kwargs: Any,
     ) -> None:
-        target_critic_tau = check_dmac_settings(omega, tau, target_critic_tau)
         super().__init__(
             td_lambda=td_lambda,
             critic_hidden_dims=critic_hidden_dims,
@@ -187,18 +185,17 @@ class ComaDmac(Coma):
             **kwargs,
         )
         self.save_hyperparameters()
-        self.omega, self.tau, self.target_critic_tau = omega, tau, target_critic_tau
+        self.regularize_with_divergence(omega, tau, target_critic_tau)
 
     def build(self, info: EnvInfo) -> None:
         super().build(info)
-        self.target_actor = freeze(copy.deepcopy(self.actor))  # rho starts equal to pi
+        self.add_target_policy()
 
     def configure_callbacks(self) -> list:
         return dmac_callbacks(self.tau, self.target_critic_tau, "critic")
 
     def log_rho(self, episodes: EpisodeBatch) -> torch.Tensor:
-        with torch.no_grad():
-            return self.log_policy(self.target_actor, episodes)
+        return self.log_target_policy(episodes)
 
     def critic_targets(self, episodes: EpisodeBatch, log_pi: torch.Tensor, log_rho: torch.Tensor | None) -> torch.Tensor:
         actions = self.bootstrap_actions(episodes, log_pi)

@@ -25,7 +25,6 @@ from dmac_lightning import divergence
 from dmac_lightning.algorithms.base import (
     EpisodeBatch,
     MultiAgentModule,
-    check_dmac_settings,
     check_range,
     dmac_callbacks,
     freeze,
@@ -196,7 +195,6 @@ class DopDmac(Dop):
         epsilon_anneal_steps: int = 1,
         **kwargs: Any,
     ) -> None:
-        target_critic_tau = check_dmac_settings(omega, tau, target_critic_tau)
         super().__init__(
             td_lambda=td_lambda,
             critic_hidden_dims=critic_hidden_dims,
@@ -207,11 +205,11 @@ class DopDmac(Dop):
             **kwargs,
         )
         self.save_hyperparameters()
-        self.omega, self.tau, self.target_critic_tau = omega, tau, target_critic_tau
+        self.regularize_with_divergence(omega, tau, target_critic_tau)
 
     def build(self, info: EnvInfo) -> None:
         super().build(info)
-        self.target_actor = freeze(copy.deepcopy(self.actor))
+        self.add_target_policy()
 
     def configure_callbacks(self) -> list:
         return dmac_callbacks(self.tau, self.target_critic_tau, "critic", "mixer")
@@ -226,8 +224,8 @@ class DopDmac(Dop):
         episodes = self.episode_batch(batch)
         steps = slice(0, episodes.steps)
         log_pi = self.log_policy(self.actor, episodes, "explore")
+        log_rho = self.log_target_policy(episodes)
         with torch.no_grad():
-            log_rho = self.log_policy(self.target_actor, episodes)
             next_actions = self.bootstrap_actions(episodes, log_pi.detach())
             next_q = self.target_q_tot(episodes, next_actions)[:, 1:]
             log_ratio = divergence.joint_log_ratio(gather_actions(log_pi, next_actions), gather_actions(log_rho, next_actions))

@@ -26,7 +26,6 @@ from dmac_lightning import divergence
 from dmac_lightning.algorithms.base import (
     EpisodeBatch,
     MultiAgentModule,
-    check_dmac_settings,
     check_range,
     dmac_callbacks,
     freeze,
@@ -206,7 +205,6 @@ class FopDmac(Fop):
         epsilon_anneal_steps: int = 1,
         **kwargs: Any,
     ) -> None:
-        target_critic_tau = check_dmac_settings(omega, tau, target_critic_tau)
         if omega <= 0:
             raise ValueError(f"model.omega must be > 0 for FopDmac (it is the soft value's temperature), got {omega!r}")
         super().__init__(
@@ -220,18 +218,17 @@ class FopDmac(Fop):
             **kwargs,
         )
         self.save_hyperparameters()
-        self.omega, self.tau, self.target_critic_tau = omega, tau, target_critic_tau
+        self.regularize_with_divergence(omega, tau, target_critic_tau)
 
     def build(self, info: EnvInfo) -> None:
         super().build(info)
-        self.target_actor = freeze(copy.deepcopy(self.actor))
+        self.add_target_policy()
 
     def configure_callbacks(self) -> list:
         return dmac_callbacks(self.tau, self.target_critic_tau, "critics", "mixers")
 
     def log_rho(self, episodes: EpisodeBatch) -> torch.Tensor:
-        with torch.no_grad():
-            return self.log_policy(self.target_actor, episodes)
+        return self.log_target_policy(episodes)
 
     def soft_values(self, q_values: torch.Tensor, log_rho: torch.Tensor | None) -> torch.Tensor:
         return divergence.soft_value(q_values, self.omega, log_rho)

@@ -26,7 +26,6 @@ from dmac_lightning import divergence
 from dmac_lightning.algorithms.base import (
     EpisodeBatch,
     MultiAgentModule,
-    check_dmac_settings,
     check_range,
     dmac_callbacks,
     freeze,
@@ -72,7 +71,7 @@ class Maac(MultiAgentModule):
 
     def build(self, info: EnvInfo) -> None:
         self.actor = self.make_agent_network()
-        self.target_actor = freeze(copy.deepcopy(self.actor))
+        self.add_target_policy()  # MAAC's own target policy (rho in MAAC+DMAC)
         input_dim = agent_input_dim(info.obs_dim, info.n_agents, info.n_actions, self.last_action_input)
         self.critic = AttentionCritic(
             input_dim, info.n_agents, info.n_actions, self.critic_hidden_dim, self.attention_heads, self.attention_dim
@@ -114,8 +113,8 @@ class Maac(MultiAgentModule):
         steps = slice(0, episodes.steps)
         logits = self.unroll(self.actor, episodes)
         log_pi = self.policy_log_probs(logits, episodes.available, "sample")
+        log_rho = self.log_target_policy(episodes)
         with torch.no_grad():
-            log_rho = self.log_policy(self.target_actor, episodes)
             targets = self.critic_targets(episodes, self.histories(self.target_critic, episodes), log_pi.detach(), log_rho)
 
         histories = self.histories(self.critic, episodes)
@@ -172,7 +171,6 @@ class MaacDmac(Maac):
         policy_regularization: float = 1e-3,
         **kwargs: Any,
     ) -> None:
-        target_critic_tau = check_dmac_settings(omega, tau, target_critic_tau)
         super().__init__(
             alpha=0.0,
             tau=tau,
@@ -185,7 +183,8 @@ class MaacDmac(Maac):
         )
         check_range("td_lambda", td_lambda, 0.0, 1.0)
         self.save_hyperparameters()
-        self.omega, self.target_critic_tau, self.td_lambda = omega, target_critic_tau, td_lambda
+        self.regularize_with_divergence(omega, tau, target_critic_tau)
+        self.td_lambda = td_lambda
 
     def configure_callbacks(self) -> list:
         return dmac_callbacks(self.tau, self.target_critic_tau, "critic")

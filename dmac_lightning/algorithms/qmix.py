@@ -22,7 +22,6 @@ from dmac_lightning import divergence
 from dmac_lightning.algorithms.base import (
     ActMode,
     MultiAgentModule,
-    check_dmac_settings,
     check_range,
     dmac_callbacks,
     freeze,
@@ -134,16 +133,15 @@ class QmixDmac(MultiAgentModule):
         mixer_hidden_dim: int = 32,
         **kwargs: Any,
     ) -> None:
-        target_critic_tau = check_dmac_settings(omega, tau, target_critic_tau)
         super().__init__(**kwargs)
         check_range("td_lambda", td_lambda, 0.0, 1.0)
         self.save_hyperparameters()
-        self.omega, self.tau, self.target_critic_tau = omega, tau, target_critic_tau
+        self.regularize_with_divergence(omega, tau, target_critic_tau)
         self.td_lambda, self.mixer_hidden_dim = td_lambda, mixer_hidden_dim
 
     def build(self, info: EnvInfo) -> None:
         self.actor = self.make_agent_network()
-        self.target_actor = freeze(copy.deepcopy(self.actor))
+        self.add_target_policy()
         self.agent_q = self.make_agent_network()
         self.mixer = MLPMixer(info.state_dim, info.n_agents, self.mixer_hidden_dim)
         self.target_agent_q = freeze(copy.deepcopy(self.agent_q))
@@ -167,8 +165,7 @@ class QmixDmac(MultiAgentModule):
         episodes = self.episode_batch(batch)
         steps = slice(0, episodes.steps)
         log_pi = self.log_policy(self.actor, episodes)
-        with torch.no_grad():
-            log_rho = self.log_policy(self.target_actor, episodes)
+        log_rho = self.log_target_policy(episodes)
 
         q_values = self.unroll(self.agent_q, episodes)
         q_tot = self.mixer(gather_actions(q_values[:, steps], episodes.actions[:, steps]), episodes.state[:, steps])
