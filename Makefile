@@ -17,9 +17,10 @@ $(STAMP): setup.py
 	$(BIN)/python -m pip install -q -e '.[test,smax]'
 	touch $(STAMP)
 
-# The default run: COMA+DMAC on the paper's stochastic game, a budget of a few minutes on 2 CPU cores.
+# The default run: COMA+DMAC (paper hyperparameters) on the reduced stochastic game of docs/results,
+# about 2 minutes on 2 CPU cores: the return ratio climbs from about 0.1 to about 0.85.
 train: $(STAMP)
-	$(BIN)/dmac fit --config configs/stochastic_game/coma_dmac.yaml --data.max_env_steps 120000
+	$(BIN)/dmac fit --config configs/stochastic_game/coma_dmac.yaml --config configs/studies/reduced_stochastic_game.yaml
 	@echo "TensorBoard: $(BIN)/tensorboard --logdir lightning_logs"
 
 test: $(STAMP)

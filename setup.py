@@ -21,5 +21,12 @@ setup(
         "smac": ["pysc2", "protobuf>=4"],
         "plots": ["matplotlib"],
     },
-    entry_points={"console_scripts": ["dmac=dmac_lightning.cli:main"]},
+    entry_points={
+        "console_scripts": [
+            "dmac=dmac_lightning.cli:main",
+            "dmac-sweep=dmac_lightning.experiments.sweep:main",
+            "dmac-plots=dmac_lightning.experiments.plots:main",
+            "dmac-theory=dmac_lightning.theory:main",
+        ]
+    },
 )

@@ -34,6 +34,7 @@ def test_random_policy_respects_masks_for_500_steps():
     availability = jax.jit(jax.vmap(game.get_avail_actions))
     td = env.reset()
     wins = truncations = 0
+    length = torch.zeros(8, dtype=torch.long)
     for _ in range(500):
         mask = td["agents", "action_mask"]
         # the mask we expose is SMAX's own availability for the current state
@@ -52,6 +53,10 @@ def test_random_policy_respects_masks_for_500_steps():
         assert torch.equal(step["done"], terminated | truncated)
         wins += int(won.sum())
         truncations += int(truncated.sum())
+        length += 1
+        assert (length <= 12).all()  # episodes never outlast max_steps
+        assert torch.equal(truncated[:, 0], (length == 12) & ~terminated[:, 0])
+        length[step["done"][:, 0]] = 0
         td = td_next
     assert truncations > 0  # max_steps 12 is often reached by random play: a truncation, not a termination
 

@@ -110,7 +110,8 @@ def _compile(map_name: str, max_steps: int, reward_scale: float, n_envs: int, sm
         out.update(
             reward=(reward_scale * rewards[agents[0]]).astype(jnp.float32)[None],
             terminated=terminated[None],
-            truncated=(state.state.done & ~terminated)[None],
+            # SMAX's own limit fires one step late (it tests the step count before incrementing it).
+            truncated=((state.state.step >= max_steps) & ~terminated)[None],
             battle_won=(enemies_dead & ~allies_dead)[None],
         )
         return state, out
@@ -179,7 +180,7 @@ class SmaxEnv(EnvBase):
         if reset is None or self._states is None:
             self._key, self._states, fresh = self._reset_all(self._key)
         else:
-            mask = self._jnp.asarray(reset.reshape(-1).cpu().numpy())
+            mask = self._jnp.from_dlpack(reset.reshape(-1).contiguous())
             self._key, self._states, fresh = self._reset_where(self._key, self._states, mask)
         out = self._layout(fresh)
         flags = torch.zeros(self.batch_size[0], 1, dtype=torch.bool, device=self.device)
@@ -187,7 +188,7 @@ class SmaxEnv(EnvBase):
         return out
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        actions = self._jnp.asarray(tensordict.get(ACTION).to(torch.int32).cpu().numpy())
+        actions = self._jnp.from_dlpack(tensordict.get(ACTION).to(torch.int32).contiguous())  # no host copy
         self._key, self._states, out = self._step_all(self._key, self._states, actions)
         result = self._layout(out)
         terminated = _to_torch(out["terminated"], self.device)
