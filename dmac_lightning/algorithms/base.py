@@ -43,7 +43,7 @@ def check_range(field: str, value: float, low: float, high: float, low_open: boo
 
 
 class EpisodeBatch:
-    """Named views of a sampled batch of padded episodes ``[B, L = episode_limit + 1, ...]``."""
+    """Named views of a sampled batch of padded episodes ``[B, L, ...]`` (``L``: the longest episode + 1)."""
 
     def __init__(self, batch: TensorDictBase, n_actions: int) -> None:
         self.observation = batch.get(OBSERVATION)  # [B, L, n, obs]

@@ -8,9 +8,10 @@ Reads ``<runs>/<run>/seed_<s>/events.*`` (the sweep runner's layout). Writes
 * ``learning_curves.png``: per family (COMA, MAAC, QMIX, DOP, FOP), baseline vs +DMAC, mean and
   95% confidence interval over seeds of ``--metric`` against env steps (Fig. 1);
 * ``cover_rate.png``: the same for ``train/cover_rate`` (Fig. 5);
-* ``summary.md``: final metric and final cover rate per run (mean ± 95% CI, seeds), and for each
+* ``summary.md``: final metric, final and mean-over-training cover rate per run (mean ± 95% CI over
+  seeds), and for each
   family whether +DMAC beat its baseline (difference of means with its 95% CI, Welch);
-* with ``--omega-runs``: ``omega_sweep.png``, final return vs final cover rate per omega (Fig. 2/6).
+* with ``--omega-runs``: ``omega_sweep.png``, final return vs cover rate per omega (Fig. 2/6).
 """
 
 from __future__ import annotations
@@ -75,6 +76,16 @@ class RunGroup:
         mean, ci = mean_ci(values)
         return grid, mean, ci
 
+    def averages(self, tag: str, points: int = 200) -> np.ndarray:
+        """Per seed: the tag's mean over training (area under its curve / env steps). For the cover
+        rate, which saturates on small games, this tells how fast a run explored."""
+        averages = []
+        for seed in self.seeds:
+            if tag in seed and len(seed[tag][0]):
+                x, y = seed[tag]
+                averages.append(np.interp(np.linspace(0, x[-1], points), x, y).mean())
+        return np.array(averages)
+
     def finals(self, tag: str, last_fraction: float = 0.1) -> np.ndarray:
         """Per seed: the mean of the tag over the last ``last_fraction`` of its env steps."""
         finals = []
@@ -130,21 +141,20 @@ def plot_families(groups: dict[str, RunGroup], tag: str, path: str, ylabel: str)
 def summary_table(groups: dict[str, RunGroup], tag: str) -> str:
     """Markdown: final metric and cover rate per run label, then +DMAC vs baseline per family."""
     lines = [
-        f"| run | seeds | final {tag} (mean ± 95% CI) | final train/cover_rate (mean ± 95% CI) |",
-        "|---|---|---|---|",
+        f"| run | seeds | final {tag} | final train/cover_rate | mean train/cover_rate over training |",
+        "|---|---|---|---|---|",
     ]
     for label in sorted(groups):
         group = groups[label]
-        metric = group.finals(tag)
-        cover = group.finals("train/cover_rate")
         cells = []
-        for values in (metric, cover):
+        for values in (group.finals(tag), group.finals("train/cover_rate"), group.averages("train/cover_rate")):
             if len(values):
                 mean, ci = mean_ci(values)
                 cells.append(f"{float(mean):.3f} ± {float(ci):.3f}")
             else:
                 cells.append("n/a")
-        lines.append(f"| {label} | {len(group.seeds)} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {label} | {len(group.seeds)} | {' | '.join(cells)} |")
+    lines.insert(0, "Each cell: mean ± half-width of the 95% confidence interval over seeds (Student t). Final: the mean over the last 10% of a run's env steps.\n")
     lines += ["", f"| family | +DMAC minus baseline, final {tag} (95% CI, Welch) | verdict |", "|---|---|---|"]
     for family in FAMILIES:
         if family not in groups or f"{family}_dmac" not in groups:
@@ -170,7 +180,8 @@ def summary_table(groups: dict[str, RunGroup], tag: str) -> str:
 
 
 def plot_omega_sweep(groups: dict[str, RunGroup], tag: str, path: str, baseline: RunGroup | None = None) -> list[str]:
-    """Final ``tag`` against final cover rate, one point (with CIs) per omega (Fig. 2)."""
+    """Final ``tag`` against the cover rate (mean over training: the final one saturates on small
+    games), one point with 95% CIs per omega (Fig. 2)."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(5, 4))
     drawn = []
@@ -179,15 +190,15 @@ def plot_omega_sweep(groups: dict[str, RunGroup], tag: str, path: str, baseline:
         key=lambda p: p[0],
     )
     for omega, group in points:
-        cover, metric = mean_ci(group.finals("train/cover_rate")), mean_ci(group.finals(tag))
+        cover, metric = mean_ci(group.averages("train/cover_rate")), mean_ci(group.finals(tag))
         axis.errorbar(cover[0], metric[0], xerr=cover[1], yerr=metric[1], fmt="o", capsize=3)
         axis.annotate(f"omega={omega:g}", (cover[0], metric[0]), fontsize=7, xytext=(4, 4), textcoords="offset points")
         drawn.append(group.label)
     if baseline is not None:
-        cover, metric = mean_ci(baseline.finals("train/cover_rate")), mean_ci(baseline.finals(tag))
+        cover, metric = mean_ci(baseline.averages("train/cover_rate")), mean_ci(baseline.finals(tag))
         axis.errorbar(cover[0], metric[0], xerr=cover[1], yerr=metric[1], fmt="s", color="black", capsize=3, label=baseline.label)
         axis.legend(fontsize=7)
-    axis.set_xlabel("final cover rate")
+    axis.set_xlabel("cover rate (mean over training)")
     axis.set_ylabel(f"final {tag}")
     axis.set_title("omega sweep (Fig. 2)")
     figure.tight_layout()
