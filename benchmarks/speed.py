@@ -39,12 +39,13 @@ def child(args: argparse.Namespace) -> None:
 
     from dmac_lightning.cli import DMACCLI
 
+    n_envs = args.n_envs[0]  # the parent passes one value
     configs = [x for path in ENVS[args.env](args.algorithm) for x in ("--config", path)]
-    batch = min(32, max(1, args.n_envs)) if args.algorithm != "coma" else args.n_envs
+    batch = min(32, max(1, n_envs)) if args.algorithm != "coma" else n_envs
     cli = DMACCLI(
         args=[
             *configs,
-            "--data.n_envs", str(args.n_envs), "--data.episodes_per_collect", str(args.n_envs),
+            "--data.n_envs", str(n_envs), "--data.episodes_per_collect", str(n_envs),
             "--data.batch_size", str(batch), "--data.max_env_steps", str(args.train_steps),
             "--data.env_steps_per_epoch", str(args.train_steps),
             "--evaluation.at_start", "false", "--evaluation.interval", str(10 * args.train_steps),
@@ -59,14 +60,14 @@ def child(args: argparse.Namespace) -> None:
     # 1. env only: random available actions, the same batch of envs the collector will step.
     from dmac_lightning.envs import make_env
 
-    env = make_env(data.env_name, data.env_kwargs, n_envs=args.n_envs, seed=0, device=device)
+    env = make_env(data.env_name, data.env_kwargs, n_envs=n_envs, seed=0, device=device)
     td = env.reset()
     for _ in range(20):  # warm-up (JIT compilation for SMAX)
         td = env.step_and_maybe_reset(env.rand_action(td))[1]
     started, steps = time.perf_counter(), 0
     while steps < args.env_steps:
         td = env.step_and_maybe_reset(env.rand_action(td))[1]
-        steps += args.n_envs
+        steps += n_envs
     env_only = steps / (time.perf_counter() - started)
     env.close()
 

@@ -67,11 +67,13 @@ def test_plots_and_table_from_synthetic_logs(tmp_path):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     table = (out / "summary.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "seeds" not in line and "family" not in line]
-    assert [row.split("|")[1].strip() for row in rows] == ["coma", "coma_dmac", "qmix_dmac", "COMA"]
+    assert [row.split("|")[1].strip() for row in rows] == ["coma", "coma_dmac", "qmix_dmac", "COMA", "0.01", "1"]
     # coma_dmac's final ratio: mean over the 3 seeds of 0.8 + 0.01 * seed = 0.81
     # cover rate: final 0.6; over training the line from 0 to 0.6 averages 0.3
     assert "| coma_dmac | 3 | 0.810 ± 0.025 | 0.600 ± 0.000 | 0.300 ± 0.000 |" in table
     assert "| COMA | +0.300 [" in table and "+DMAC better" in table
+    # omega 1: final ratio 0.9 + 0.01 * seed; cover rate from 0 to 0.5, 0.25 over training
+    assert "| 1 | 3 | 0.910 ± 0.025 | 0.250 ± 0.000 |" in table
 
 
 def test_mean_ci_uses_student_t():

@@ -179,17 +179,33 @@ def summary_table(groups: dict[str, RunGroup], tag: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def omega_points(groups: dict[str, RunGroup]) -> list[tuple[float, RunGroup]]:
+    """The ``<config>-omega<value>`` runs of an omega sweep, by increasing omega."""
+    return sorted(
+        ((float(m.group(1)), g) for g in groups.values() if (m := re.search(r"omega([0-9.eE+-]+)$", g.label))),
+        key=lambda p: p[0],
+    )
+
+
+def omega_table(groups: dict[str, RunGroup], tag: str) -> str:
+    """Markdown: final ``tag`` and mean cover rate per omega (the numbers behind Fig. 2's scatter)."""
+    lines = ["", f"| omega | seeds | final {tag} | mean train/cover_rate over training |", "|---|---|---|---|"]
+    for omega, group in omega_points(groups):
+        metric, cover = mean_ci(group.finals(tag)), mean_ci(group.averages("train/cover_rate"))
+        lines.append(
+            f"| {omega:g} | {len(group.seeds)} | {float(metric[0]):.3f} ± {float(metric[1]):.3f} | "
+            f"{float(cover[0]):.3f} ± {float(cover[1]):.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def plot_omega_sweep(groups: dict[str, RunGroup], tag: str, path: str, baseline: RunGroup | None = None) -> list[str]:
     """Final ``tag`` against the cover rate (mean over training: the final one saturates on small
     games), one point with 95% CIs per omega (Fig. 2)."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(5, 4))
     drawn = []
-    points = sorted(
-        ((float(m.group(1)), g) for g in groups.values() if (m := re.search(r"omega([0-9.eE+-]+)$", g.label))),
-        key=lambda p: p[0],
-    )
-    for omega, group in points:
+    for omega, group in omega_points(groups):
         cover, metric = mean_ci(group.averages("train/cover_rate")), mean_ci(group.finals(tag))
         axis.errorbar(cover[0], metric[0], xerr=cover[1], yerr=metric[1], fmt="o", capsize=3)
         axis.annotate(f"omega={omega:g}", (cover[0], metric[0]), fontsize=7, xytext=(4, 4), textcoords="offset points")
@@ -220,10 +236,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"no runs under {args.runs}")
     plot_families(groups, args.metric, os.path.join(args.out, "learning_curves.png"), args.metric)
     plot_families(groups, "train/cover_rate", os.path.join(args.out, "cover_rate.png"), "train/cover_rate")
+    omega_groups = load(args.omega_runs) if args.omega_runs else {}
     with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write(summary_table(groups, args.metric))
-    if args.omega_runs:
-        plot_omega_sweep(load(args.omega_runs), args.metric, os.path.join(args.out, "omega_sweep.png"), groups.get("coma"))
+        f.write(summary_table(groups, args.metric) + (omega_table(omega_groups, args.metric) if omega_groups else ""))
+    if omega_groups:
+        plot_omega_sweep(omega_groups, args.metric, os.path.join(args.out, "omega_sweep.png"), groups.get("coma"))
     print(f"wrote {args.out}/learning_curves.png, cover_rate.png, summary.md" + (", omega_sweep.png" if args.omega_runs else ""))
 
 
