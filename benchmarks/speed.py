@@ -20,6 +20,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,7 +115,9 @@ def main() -> None:
             for algorithm in args.algorithms:
                 command = [sys.executable, __file__, "--child", "--env", env, "--algorithm", algorithm, "--n-envs", str(n_envs),
                            "--env-steps", str(args.env_steps), "--train-steps", str(args.train_steps), "--accelerator", args.accelerator]
-                result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+                # In a scratch directory: without a logger, Lightning writes the run's config.yaml to the cwd.
+                with tempfile.TemporaryDirectory(prefix="dmac-speed-") as scratch:
+                    result = subprocess.run(command, capture_output=True, text=True, cwd=scratch)
                 lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
                 if result.returncode != 0 or not lines:
                     print(f"| {env} | {n_envs} | {algorithm} | failed: {result.stderr.strip().splitlines()[-1:]} | | | |", flush=True)

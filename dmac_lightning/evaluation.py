@@ -9,7 +9,7 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.envs import EnvBase
 
-from dmac_lightning.envs.common import BATTLE_WON
+from dmac_lightning.envs.common import BATTLE_WON, BROKEN
 
 
 @torch.no_grad()
@@ -18,22 +18,32 @@ def evaluate_episodes(
 ) -> dict[str, float]:
     """Mean return, episode length (and win rate where the env reports wins) over ``episodes`` episodes.
 
-    ``env`` runs ``n`` episodes in parallel per round; each env's first episode counts.
+    ``env`` runs ``n`` episodes in parallel per round; each env's first episode counts, unless the env
+    marked it broken (a StarCraft II crash): those are replayed in later rounds, not counted as losses.
     """
     n_envs = env.batch_size[0]
     returns, lengths, wins = [], [], []
     reports_wins = getattr(getattr(env, "info", None), "reports_wins", False) or BATTLE_WON in env.observation_spec.keys(True)
-    for _ in range(math.ceil(episodes / n_envs)):
+    reports_broken = BROKEN in env.observation_spec.keys(True)
+    rounds, counted = 0, 0
+    while counted < episodes:
+        rounds += 1
+        if rounds > 2 * math.ceil(episodes / n_envs) + 10:
+            raise RuntimeError(f"evaluation: too many broken episodes ({counted} of {episodes} intact)")
         rollout = env.rollout(episode_limit, policy, break_when_any_done=False, trust_policy=True)
         done = rollout.get(("next", "done"))[..., 0]  # [n_envs, T]
         steps = torch.arange(done.shape[1], device=done.device)
         first_done = torch.where(done.any(1), done.float().argmax(1), done.shape[1] - 1)
         in_first = steps[None] <= first_done[:, None]
-        returns.append((rollout.get(("next", "reward"))[..., 0] * in_first).sum(1))
-        lengths.append(first_done + 1)
+        intact = slice(None)
+        if reports_broken:
+            intact = ~rollout.get(("next", *BROKEN))[..., 0].gather(1, first_done[:, None])[:, 0]
+        returns.append((rollout.get(("next", "reward"))[..., 0] * in_first).sum(1)[intact])
+        lengths.append((first_done + 1)[intact])
+        counted += len(lengths[-1])
         if reports_wins:
             won = rollout.get(("next", *BATTLE_WON))[..., 0]
-            wins.append(won.gather(1, first_done[:, None])[:, 0])
+            wins.append(won.gather(1, first_done[:, None])[:, 0][intact])
     metrics = {
         "return": torch.cat(returns)[:episodes].float().mean().item(),
         "episode_length": torch.cat(lengths)[:episodes].float().mean().item(),

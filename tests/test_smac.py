@@ -16,16 +16,17 @@ STAND_INS = os.path.join(ROOT, "tests", "stand_ins")
 
 
 def forget_smac():
-    for name in [m for m in sys.modules if m == "smac" or m.startswith("smac.")]:
+    for name in [m for m in sys.modules if m.split(".")[0] in ("smac", "smacv2")]:
         del sys.modules[name]
     importlib.invalidate_caches()
 
 
 @pytest.fixture
 def starcraft(tmp_path, monkeypatch):
-    """The stand-in on the import path and a StarCraft II directory with one installed build."""
+    """The stand-in on the import path and a StarCraft II directory with one installed build and the SMAC maps."""
     sc2 = tmp_path / "StarCraftII"
     (sc2 / "Versions" / "Base75689").mkdir(parents=True)
+    (sc2 / "Maps" / "SMAC_Maps").mkdir(parents=True)
     monkeypatch.setenv("SC2PATH", str(sc2))
     monkeypatch.setenv("STAND_IN_SC2_LOG", str(tmp_path / "sc2.log"))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([STAND_INS, os.environ.get("PYTHONPATH", "")]))
@@ -57,6 +58,7 @@ def test_single_game_layout_and_specs(starcraft):
     assert td["agents", "observation"].shape == (3, env.info.obs_dim)
     assert td["agents", "action_mask"].dtype == torch.bool
     assert td["state"].shape == (env.info.state_dim,)
+    assert env._game.continuing_episode is True  # SMAC reports time-outs only with it
     env.close()
 
 
@@ -78,10 +80,13 @@ def test_win_is_a_termination_and_the_time_limit_a_truncation(starcraft):
     env.close()
 
 
-def test_a_crash_restarts_the_game_and_marks_only_that_episode(starcraft, monkeypatch, caplog):
+@pytest.mark.parametrize("failure", ["STAND_IN_SC2_CRASH_ON_STEP", "STAND_IN_SC2_RAISE_ON_STEP"])
+def test_a_crash_restarts_the_game_and_marks_only_that_episode(starcraft, monkeypatch, caplog, failure):
+    """Both ways SC2 fails: SMAC catches it, relaunches SC2 and returns (0, True, {}); or an error it
+    does not catch reaches the wrapper, which launches a fresh game itself."""
     from dmac_lightning.envs.smac import StarCraftEnv
 
-    monkeypatch.setenv("STAND_IN_SC2_CRASH_ON_STEP", "3")
+    monkeypatch.setenv(failure, "3")
     import smac.env
 
     smac.env._STEP_CALLS["count"] = 0
@@ -95,6 +100,7 @@ def test_a_crash_restarts_the_game_and_marks_only_that_episode(starcraft, monkey
             assert broken == (step == 3)
             if broken:
                 assert td["next", "done"].item() and td["next", "truncated"].item()
+                assert not td["next", "terminated"].item() and td["next", "reward"].item() == 0
                 td = env.reset()
             else:
                 td = td["next"]
@@ -123,6 +129,20 @@ def test_the_data_module_drops_the_broken_episode(starcraft, monkeypatch):
     assert kept.batch_size[0] == 1  # one of the two episodes was broken and is gone
     assert data.episodes == 1 and data.env_steps == int(kept["filled"].sum())
     data.env.close()
+
+
+def test_evaluation_replays_broken_episodes_instead_of_counting_them(starcraft, monkeypatch):
+    from dmac_lightning.evaluation import evaluate_episodes
+
+    monkeypatch.setenv("STAND_IN_SC2_CRASH_ON_STEP", "3")  # one game of the first round breaks at its second step
+    import smac.env
+
+    smac.env._STEP_CALLS["count"] = 0
+    env = make_env("smac", {"map_name": "3m", "parallel": False}, n_envs=2, seed=0)
+    metrics = evaluate_episodes(env, available_policy(attack=False), episodes=4, episode_limit=60)
+    assert metrics["episode_length"] == 60  # only the intact time-outs; the 2-step broken episode is not among them
+    assert metrics["win_rate"] == 0
+    env.close()
 
 
 def test_parallel_workers_run_and_close_their_games(starcraft):
@@ -155,6 +175,28 @@ def test_fit_on_the_stand_in_records_the_sc2_version(starcraft, monkeypatch):
     )
     hparams = (starcraft / "lightning_logs" / "smac_3m" / "QmixDmac" / "version_0" / "hparams.yaml").read_text()
     assert "sc2_version: Base75689" in hparams
+
+
+def test_smacv2_maps_draw_their_units_through_the_capability_wrapper(starcraft):
+    capability_config = {"n_units": 5, "n_enemies": 5, "team_gen": {"dist_type": "weighted_teams", "unit_types": ["marine", "marauder"]}}
+    with pytest.raises(ValueError, match=r"10gen_terran.*needs data.env_kwargs.capability_config"):
+        check_env_config("smacv2", {"map_name": "10gen_terran"})
+    settings = {"map_name": "10gen_terran", "capability_config": capability_config, "parallel": False}
+    check_env_config("smacv2", settings)
+    env = make_env("smacv2", settings, n_envs=2, seed=0)
+    rollout = env.rollout(5, available_policy(), break_when_any_done=False)
+    assert rollout["agents", "observation"].shape == (2, 5, 5, env.info.obs_dim)
+    import smacv2.env
+
+    games = [game._game for game in env._envs]
+    assert all(isinstance(game, smacv2.env.StarCraftCapabilityEnvWrapper) for game in games)
+    assert all(game.env.episode_config["team_gen"]["ally_team"][:2] == ["marine", "marauder"] for game in games)
+    env.close()
+
+
+def test_continuing_episode_cannot_be_turned_off(starcraft):
+    with pytest.raises(ValueError, match=r"continuing_episode must be true"):
+        check_env_config("smac", {"map_name": "3m", "continuing_episode": False})
 
 
 # -- missing dependencies: clear errors before anything starts ------------------------------------
@@ -191,6 +233,28 @@ def test_missing_starcraft(starcraft, monkeypatch):
     monkeypatch.setenv("HOME", str(starcraft / "empty_home"))
     with pytest.raises(FileNotFoundError, match=r"SC2PATH is not set"):
         check_env_config("smac", {"map_name": "3m"})
+
+
+def test_missing_smac_maps(starcraft):
+    (starcraft / "StarCraftII" / "Maps" / "SMAC_Maps").rmdir()
+    with pytest.raises(FileNotFoundError, match=r"SMAC maps are not installed(.|\n)*SMAC_Maps.zip"):
+        check_env_config("smac", {"map_name": "3m"})
+
+
+def test_protobuf_without_the_python_implementation_is_explained(monkeypatch, tmp_path):
+    site = tmp_path / "site"
+    (site / "smac" / "env").mkdir(parents=True)
+    (site / "smac" / "__init__.py").write_text("")
+    (site / "smac" / "env" / "__init__.py").write_text(
+        "raise TypeError('Descriptors cannot be created directly. If this call came from a _pb2.py file, ...')\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    forget_smac()
+    try:
+        with pytest.raises(ImportError, match=r"export PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python"):
+            check_env_config("smac", {"map_name": "3m"})
+    finally:
+        forget_smac()
 
 
 def test_cli_reports_missing_smac_before_training(monkeypatch, tmp_path, capsys):

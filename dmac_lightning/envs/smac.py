@@ -1,10 +1,17 @@
 """Real SMAC (StarCraft II) in the shared key layout: oxwhirl's ``StarCraft2Env`` (v1) or smacv2's.
 
 One SC2 process per env; ``n_envs`` of them run in parallel worker processes (``ParallelEnv``),
-started by each rank for itself. The time limit (``info["episode_limit"]``) is a truncation, not a
-termination; ``info["battle_won"]`` goes to ``("info", "battle_won")``. If SC2 crashes or its
-protocol fails mid-episode, that env restarts its game and marks the step
-``("info", "episode_broken")``: the data module drops that episode and nothing else.
+started by each rank for itself. The time limit (``info["episode_limit"]``, which SMAC reports only
+with ``continuing_episode=True``, so the wrapper always sets it) is a truncation, not a termination;
+``info["battle_won"]`` goes to ``("info", "battle_won")``.
+
+If SC2 crashes or its protocol fails mid-episode, the episode is dropped and nothing else. SMAC
+catches those errors itself, relaunches SC2 and ends the episode with ``(0, True, {})`` (an info
+without ``battle_won``); errors it does not catch reach the wrapper, which starts a fresh game. Either
+way the step is marked ``("info", "episode_broken")`` and the data module drops that episode.
+
+smacv2 (``package="smacv2"``): with ``capability_config`` the game is smacv2's
+``StarCraftCapabilityEnvWrapper``, which draws the units of every episode (the ``10gen_*`` maps need it).
 """
 
 from __future__ import annotations
@@ -50,12 +57,20 @@ def is_smac3() -> bool:
     return bool(re.search(r"SMAC3|automl|[Aa]lgorithm [Cc]onfiguration|[Hh]yperparameter", text))
 
 
-def starcraft2_env_class(package: str = "smac") -> type:
-    """``<package>.env.StarCraft2Env``, or an ImportError that says exactly what to install."""
+def starcraft2_env_class(package: str = "smac", name: str = "StarCraft2Env") -> type:
+    """``<package>.env.<name>``, or an ImportError that says exactly what to install."""
     if importlib.util.find_spec(package) is None:
         raise ImportError(f"data.env: {package} needs the {package!r} package, which is not installed.\n{INSTALL}")
     try:
-        return importlib.import_module(f"{package}.env").StarCraft2Env
+        return getattr(importlib.import_module(f"{package}.env"), name)
+    except TypeError as error:
+        # protobuf >= 4 refuses pysc2's generated code unless the pure-Python implementation is chosen.
+        if "Descriptors cannot be created directly" in str(error):
+            raise ImportError(
+                "pysc2 cannot load its protocol buffers with this protobuf: "
+                f"export PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python\n{INSTALL}"
+            ) from error
+        raise
     except (ImportError, AttributeError) as error:
         if package == "smac" and is_smac3():
             raise ImportError(
@@ -76,14 +91,27 @@ def sc2_version(path: str | None = None) -> str | None:
 
 
 def check_config(config: dict[str, Any], package: str = "smac") -> None:
-    """Config-time checks, before anything starts: the package, StarCraft II on disk, sizes."""
+    """Config-time checks, before anything starts: the package, StarCraft II and its maps on disk, settings."""
     starcraft2_env_class(package)
     path = starcraft_path()
     if not os.path.isdir(path):
         source = "SC2PATH" if os.environ.get("SC2PATH") else "SC2PATH is not set, and the default"
         raise FileNotFoundError(f"StarCraft II not found: {source} {path!r} is not a directory.\n{INSTALL}")
-    if not isinstance(config.get("map_name", "3m"), str):
+    if not os.path.isdir(os.path.join(path, "Maps", "SMAC_Maps")):
+        raise FileNotFoundError(f"the SMAC maps are not installed: {os.path.join(path, 'Maps', 'SMAC_Maps')!r} is missing.\n{INSTALL}")
+    map_name = config.get("map_name", "3m")
+    if not isinstance(map_name, str):
         raise ValueError(f"{package}: map_name must be a SMAC map name such as {', '.join(PAPER_MAPS)}")
+    if config.get("continuing_episode", True) is not True:
+        raise ValueError(
+            f"data.env_kwargs.continuing_episode must be true (the default here): without it SMAC does not report "
+            "time-outs, and a time limit would be stored as a termination instead of a truncation"
+        )
+    if package == "smacv2" and map_name.startswith("10gen") and not config.get("capability_config"):
+        raise ValueError(
+            f"smacv2: map {map_name!r} draws its units every episode and needs data.env_kwargs.capability_config "
+            "(smacv2's distribution settings, e.g. from its configs/sc2_gen_*.yaml)"
+        )
 
 
 class StarCraftEnv(EnvBase):
@@ -95,10 +123,16 @@ class StarCraftEnv(EnvBase):
         seed: int | None = None,
         device: torch.device | str | None = None,
         package: str = "smac",
+        capability_config: dict[str, Any] | None = None,
         **smac_kwargs: Any,
     ) -> None:
-        game_class = starcraft2_env_class(package)
+        if capability_config:
+            game_class = starcraft2_env_class(package, "StarCraftCapabilityEnvWrapper")
+            smac_kwargs["capability_config"] = capability_config
+        else:
+            game_class = starcraft2_env_class(package)
         super().__init__(device=torch.device(device or "cpu"), batch_size=torch.Size([]))
+        smac_kwargs["continuing_episode"] = True  # so that SMAC reports a time-out as info["episode_limit"]
         self._make_game = partial(game_class, map_name=map_name, seed=seed, **smac_kwargs)
         self._game = self._make_game()
         self.restarts = 0
@@ -145,8 +179,10 @@ class StarCraftEnv(EnvBase):
             reward, terminated, info = self._game.step(actions)
         except AssertionError:
             raise  # an unavailable action: a bug in the caller, not a crash
-        except Exception as error:  # SC2 died or its protocol broke: restart, drop this episode
-            return self._restart_after(error)
+        except Exception as error:  # SC2 died in a way SMAC does not catch: a fresh game, drop this episode
+            return self._drop_episode(f"{type(error).__name__}: {error}", relaunch=True, cause=error)
+        if "battle_won" not in info:  # SMAC caught an SC2 failure, relaunched SC2 and returned (0, True, {})
+            return self._drop_episode("SMAC relaunched StarCraft II after a protocol or connection error", relaunch=False)
         self._consecutive_restarts = 0
         truncated = bool(info.get("episode_limit", False))
         terminated = bool(terminated) and not truncated
@@ -155,17 +191,19 @@ class StarCraftEnv(EnvBase):
         out.update(self._flags(terminated or truncated, terminated, truncated, bool(info.get("battle_won", False))))
         return out
 
-    def _restart_after(self, error: Exception) -> TensorDictBase:
+    def _drop_episode(self, reason: str, relaunch: bool, cause: Exception | None = None) -> TensorDictBase:
+        """End the current episode as broken and start the next one (in a new game if ``relaunch``)."""
         self.restarts += 1
         self._consecutive_restarts += 1
         if self._consecutive_restarts > MAX_CONSECUTIVE_RESTARTS:
-            raise RuntimeError(f"StarCraft II failed {MAX_CONSECUTIVE_RESTARTS} times in a row") from error
-        log.warning("StarCraft II failed (%s: %s); restarting it and dropping this episode", type(error).__name__, error)
-        try:
-            self._game.close()
-        except Exception:  # the old process may already be gone
-            pass
-        self._game = self._make_game()
+            raise RuntimeError(f"StarCraft II failed {MAX_CONSECUTIVE_RESTARTS} times in a row ({reason})") from cause
+        log.warning("StarCraft II failed (%s); restarting it and dropping this episode", reason)
+        if relaunch:
+            try:
+                self._game.close()
+            except Exception:  # the old process may already be gone
+                pass
+            self._game = self._make_game()
         self._game.reset()
         out = self._observe()
         out.set("reward", torch.zeros(1))
@@ -203,9 +241,13 @@ def make_starcraft_envs(
     package: str = "smac",
     **smac_kwargs: Any,
 ) -> EnvBase:
-    """``n_envs`` StarCraft II games, each in its own worker process (``parallel=False``: in this one)."""
+    """``n_envs`` StarCraft II games, each in its own worker process (``parallel=False``: in this one).
+
+    Game ``i`` of a batch seeded ``s`` is seeded ``s * n_envs + i``: batches with neighbouring seeds
+    (the ranks of a DDP run are seeded ``seed + rank``) never share a game seed.
+    """
     creators = [
-        partial(StarCraftEnv, map_name=map_name, seed=None if seed is None else seed + i, package=package, **smac_kwargs)
+        partial(StarCraftEnv, map_name=map_name, seed=None if seed is None else seed * n_envs + i, package=package, **smac_kwargs)
         for i in range(n_envs)
     ]
     batched = (StarCraftParallelEnv if parallel else StarCraftSerialEnv)(n_envs, creators, device=device)

@@ -1,12 +1,17 @@
 """``smac.env.StarCraft2Env`` stand-in: the public API of oxwhirl's StarCraft2Env, a toy battle inside.
 
 Public API mirrored: the constructor's keyword arguments, ``reset() -> (obs, state)``,
-``step(actions) -> (reward, terminated, info)`` with ``battle_won`` and ``episode_limit`` in info,
-``get_obs``, ``get_state``, ``get_avail_actions``, ``get_env_info``, ``close``; invalid actions
-fail the same assertion SMAC's do. Test controls (environment variables, so that env workers in
-other processes see them): ``STAND_IN_SC2_CRASH_ON_STEP=N`` raises a ConnectionError (as a dead SC2
-websocket does) on the N-th ``step`` call of each process, once; ``STAND_IN_SC2_LOG`` appends one line
-per constructed / closed game.
+``step(actions) -> (reward, terminated, info)`` with ``battle_won``, ``dead_allies`` and
+``dead_enemies`` in info and ``episode_limit`` only when ``continuing_episode`` is set (a time-out is
+otherwise a plain ``terminated``, as in SMAC), ``get_obs``, ``get_state``, ``get_avail_actions``,
+``get_env_info``, ``close``; invalid actions fail the same assertion SMAC's do. SC2 failures behave as
+in SMAC: a protocol or connection error inside ``step`` is caught, SC2 is relaunched and ``step``
+returns ``(0, True, {})``.
+
+Test controls (environment variables, so that env workers in other processes see them), each on the
+N-th ``step`` call of a process, once: ``STAND_IN_SC2_CRASH_ON_STEP=N`` a connection error that SMAC
+catches (as above); ``STAND_IN_SC2_RAISE_ON_STEP=N`` an error SMAC does not catch, raised from
+``step``. ``STAND_IN_SC2_LOG`` appends one line per launched / closed SC2 process.
 """
 
 import os
@@ -27,6 +32,7 @@ class StarCraft2Env:
                  replay_dir="", replay_prefix="", window_size_x=1920, window_size_y=1200, heuristic_ai=False,
                  heuristic_rest=False, debug=False):
         self.map_name = map_name
+        self.continuing_episode = continuing_episode
         self.n_agents, self.n_enemies, self.episode_limit = MAPS[map_name]
         self.n_actions = 6 + self.n_enemies  # no-op, stop, 4 moves, attack each enemy
         self._rng = np.random.default_rng(seed)
@@ -62,11 +68,17 @@ class StarCraft2Env:
         self._enemy_health = np.ones(self.n_enemies)
         return self.get_obs(), self.get_state()
 
+    def full_restart(self):
+        self._log("close")
+        self._log("launch")
+
     def step(self, actions):
         _STEP_CALLS["count"] += 1
-        crash_on = os.environ.get("STAND_IN_SC2_CRASH_ON_STEP")
-        if crash_on and _STEP_CALLS["count"] == int(crash_on):
-            raise ConnectionError("Websocket connection to StarCraft II closed")
+        if _STEP_CALLS["count"] == int(os.environ.get("STAND_IN_SC2_RAISE_ON_STEP", 0)):
+            raise OSError("Broken pipe")
+        if _STEP_CALLS["count"] == int(os.environ.get("STAND_IN_SC2_CRASH_ON_STEP", 0)):
+            self.full_restart()  # SMAC: except (ProtocolError, ConnectionError): full_restart(); return 0, True, {}
+            return 0, True, {}
         actions = [int(a) for a in actions]
         available = self.get_avail_actions()
         for agent, action in enumerate(actions):
@@ -84,11 +96,12 @@ class StarCraft2Env:
         won = not alive_enemies.any()
         lost = not (self._ally_health > 0).any()
         reward = float(before - self._enemy_health.sum()) + (10.0 if won else 0.0)
-        info = {"battle_won": won}
+        info = {"battle_won": won, "dead_allies": int((self._ally_health <= 0).sum()), "dead_enemies": int((~alive_enemies).sum())}
         terminated = won or lost
         if self._t >= self.episode_limit and not terminated:
             terminated = True
-            info["episode_limit"] = True
+            if self.continuing_episode:
+                info["episode_limit"] = True
         return reward, terminated, info
 
     def get_obs(self):
