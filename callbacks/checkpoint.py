@@ -31,6 +31,10 @@ class CrashCheckpoint(pl.Callback):
         if directory is None or not self.trained_this_session:
             return
         try:
-            trainer.save_checkpoint(os.path.join(directory, self.FILENAME))
+            # Rank 0 writes, without Trainer.save_checkpoint's closing barrier: under DDP a rank that
+            # failed alone would wait there for ranks that are waiting in a collective, and hang.
+            if trainer.is_global_zero:
+                state = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+                trainer.strategy.checkpoint_io.save_checkpoint(state, os.path.join(directory, self.FILENAME))
         except Exception as error:  # the original exception matters more than this one
             rank_zero_warn(f"could not write {self.FILENAME} after {type(exception).__name__}: {error}")

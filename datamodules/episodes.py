@@ -180,6 +180,8 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.last_collect: dict[str, float] = {}
         self._log_clock: tuple[float, int] | None = None
         self._pending_rng: dict | None = None
+        self._rank_streams_seeded = False
+        self._every_rank_ready: bool | None = None
         self._module: pl.LightningModule | None = None
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -264,6 +266,11 @@ class EpisodeDataModule(pl.LightningDataModule):
         if self._collector is not None:
             return
         self._apply_pending_rng()
+        if self.world_size > 1 and not self._rank_streams_seeded:
+            # seed_everything gave every rank the same torch stream: without this, all ranks would draw
+            # the same exploration noise and replay samples. (Weights stay identical: DDP synced them.)
+            torch.manual_seed(self.seed)
+            self._rank_streams_seeded = True
         module = self.module
         env = self.wrap_env(self.env)
         self._collector = Collector(
@@ -299,10 +306,14 @@ class EpisodeDataModule(pl.LightningDataModule):
                 torch.tensor(float(episodes.batch_size[0]), device=returns.device),
                 returns.sum(),
                 episodes.get("battle_won").any(-1).float().sum() if "battle_won" in episodes.keys() else returns.new_zeros(()),
+                torch.tensor(float(self._buffer_ready()), device=returns.device),
             ]
         )
         self.local_env_steps += int(stats[0])
-        steps, count, return_sum, wins = _all_reduce_sum(stats).tolist()
+        steps, count, return_sum, wins, ready = _all_reduce_sum(stats).tolist()
+        # Updates start on every rank at once: a rank that dropped a broken episode may still be a batch
+        # short, and ranks yielding different numbers of batches would hang DDP.
+        self._every_rank_ready = int(ready) == self.world_size
         self.env_steps += int(steps)
         self.episodes += int(count)
         self.collects += 1
@@ -329,9 +340,13 @@ class EpisodeDataModule(pl.LightningDataModule):
         if self.trainer is not None and self.trainer.logger is not None and self.trainer.is_global_zero:
             self.trainer.logger.log_metrics(self.last_collect, step=self.env_steps)
 
-    def can_sample(self) -> bool:
+    def _buffer_ready(self) -> bool:
         buffer = self.replay if self.replay is not None else self.fresh
         return len(buffer) >= buffer.batch_size if buffer is not None else False
+
+    def can_sample(self) -> bool:
+        """Whether every rank's buffer holds a batch (as of the last collect, when one ran)."""
+        return self._every_rank_ready if self._every_rank_ready is not None else self._buffer_ready()
 
     def sample(self) -> TensorDictBase:
         if self.regime == "on_policy":
@@ -374,6 +389,7 @@ class EpisodeDataModule(pl.LightningDataModule):
             # Several ranks share one saved state: give each rank its own stream again.
             generator_seed = self.seed * 1_000_003 + self.env_steps
             torch.manual_seed(generator_seed)
+            self._rank_streams_seeded = True
             if self.env is not None:
                 self.env.set_seed(generator_seed)
         self._log_clock = None

@@ -29,3 +29,21 @@ class RankStateDump(pl.Callback):
             },
             os.path.join(self.directory, f"rank{trainer.global_rank}.pt"),
         )
+
+
+def cover_union_worker(rank: int, init_file: str, game: dict, steps: int, out: str) -> None:
+    """One rank of a 2-process gloo group: play ``steps`` steps of the game (rank 1 none), then ask for
+    the cover rate; writes what this rank's env holds as visited."""
+    import torch.distributed as dist
+
+    from dmac_lightning.envs import StochasticGameEnv
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    env = StochasticGameEnv(n_envs=2, seed=rank, **game)
+    td = env.reset()
+    for _ in range(steps if rank == 0 else 0):
+        td = env.step_and_maybe_reset(env.rand_action(td))[1]
+    own = env.checkpoint_state()["visited"].clone()
+    rate = env.train_metrics()["cover_rate"]
+    torch.save({"own": own, "after": env.checkpoint_state()["visited"], "rate": rate}, os.path.join(out, f"cover{rank}.pt"))
+    dist.destroy_process_group()

@@ -14,6 +14,7 @@ from conftest import CONFIGS, SMALL_GAME, dmac_command
 from dmac_lightning.cli import main
 
 COMA_DMAC = os.path.join(CONFIGS, "stochastic_game", "coma_dmac.yaml")
+TESTS = os.path.dirname(os.path.abspath(__file__))
 FAST = [
     "--data.env_kwargs", json.dumps(SMALL_GAME),
     "--data.batch_size", "8",
@@ -29,7 +30,8 @@ REQUIRED_TAGS = {
 
 
 def run(cwd, *args, expect_ok=True):
-    result = subprocess.run(dmac_command(*args), cwd=cwd, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}  # run_probes
+    result = subprocess.run(dmac_command(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if expect_ok:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -76,6 +78,39 @@ def test_fit_writes_tensorboard_and_checkpoint_then_resume_continues(tmp_path, m
     main(["test", "--config", COMA_DMAC, *FAST, "--ckpt_path", "last", "--evaluation.episodes", "6"])
     printed = capsys.readouterr().out
     assert "test/return" in printed and "test/return_ratio" in printed
+
+
+def probe(name: str, **init_args) -> list[str]:
+    return ["--trainer.callbacks+", json.dumps({"class_path": f"run_probes.{name}", "init_args": init_args})]
+
+
+def test_a_crash_keeps_checkpoint_and_events_and_resume_restores_everything(tmp_path):
+    crashed = run(tmp_path, "fit", "--config", COMA_DMAC, *FAST, "--data.max_env_steps", "1600",
+                  *probe("FailAt", env_steps=700), expect_ok=False)
+    assert crashed.returncode != 0 and "injected failure" in crashed.stderr
+    run_dir = tmp_path / "lightning_logs" / "stochastic_game" / "ComaDmac" / "version_0"
+    on_exception = torch.load(run_dir / "checkpoints" / "on_exception.ckpt", weights_only=True)
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    crash_steps = on_exception["EpisodeDataModule"]["env_steps"]
+    assert crash_steps >= 700 > last["EpisodeDataModule"]["env_steps"] >= 600  # newer than the last epoch's
+    tags = scalars(run_dir)  # the events written before the crash are readable
+    assert max(tags["train/episode_return"]) >= 600 and "loss/critic" in tags
+
+    dump = tmp_path / "resumed_start.pt"
+    run(tmp_path, "fit", "--config", COMA_DMAC, *FAST, "--data.max_env_steps", "1600", "--ckpt_path", "last",
+        *probe("DumpAtTrainStart", path=str(dump)))
+    start = torch.load(dump, weights_only=True)
+    # the resumed run starts exactly where the crash left off: pi, rho, critic, target critic, optimisers, counter
+    assert start["env_steps"] == crash_steps
+    assert start["state_dict"].keys() == on_exception["state_dict"].keys()
+    assert any(name.startswith("target_critic.") for name in start["state_dict"])
+    for name, value in on_exception["state_dict"].items():
+        assert torch.equal(start["state_dict"][name], value.cpu()), name
+    for restored, saved in zip(start["optimizer_states"], on_exception["optimizer_states"], strict=True):
+        for key, buffers in saved["state"].items():
+            assert torch.equal(restored["state"][key]["square_avg"], buffers["square_avg"]), key
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["EpisodeDataModule"]["env_steps"] >= 1600
 
 
 def test_python_dash_m_and_the_console_script_are_the_same_cli(tmp_path):

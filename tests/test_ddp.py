@@ -70,3 +70,16 @@ def test_resume_a_two_rank_checkpoint_on_one_rank(tmp_path):
     after = checkpoint(tmp_path, "ComaDmac")
     assert after["EpisodeDataModule"]["env_steps"] >= 1600
     assert after["EpisodeDataModule"]["world_size"] == 1
+
+
+def test_cover_rate_counts_the_pairs_any_rank_visited(tmp_path):
+    import torch.multiprocessing as mp
+
+    from ddp_probe import cover_union_worker
+
+    mp.spawn(cover_union_worker, args=(str(tmp_path / "init"), SMALL_GAME, 6, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"cover{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0]["own"].any() and not ranks[1]["own"].any()  # only rank 0 played
+    for rank in ranks:
+        assert torch.equal(rank["after"], ranks[0]["own"])  # every rank now holds the union
+        assert rank["rate"] == ranks[0]["own"].float().mean().item()

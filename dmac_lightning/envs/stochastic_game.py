@@ -148,6 +148,12 @@ class StochasticGameEnv(EnvBase):
         self._visited.zero_()
 
     def train_metrics(self) -> dict[str, float]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Under DDP every rank plays the same game: the cover rate counts the pairs any rank visited
+            # (and every rank keeps that union, so a checkpoint from rank 0 holds it).
+            union = self._visited.to(torch.uint8)
+            torch.distributed.all_reduce(union, op=torch.distributed.ReduceOp.MAX)
+            self._visited.copy_(union.bool())
         return {"cover_rate": self.cover_rate}
 
     def joint_action_index(self, actions: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,35 @@
+"""Callbacks the end-to-end tests add to real `dmac fit` runs (``--trainer.callbacks+``)."""
+
+import os
+
+import pytorch_lightning as pl
+import torch
+
+
+class FailAt(pl.Callback):
+    """Raise once the run has collected ``env_steps`` env steps: a crash in the middle of training."""
+
+    def __init__(self, env_steps: int) -> None:
+        self.env_steps = env_steps
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        if trainer.datamodule.env_steps >= self.env_steps:
+            raise RuntimeError(f"injected failure at {trainer.datamodule.env_steps} env steps")
+
+
+class DumpAtTrainStart(pl.Callback):
+    """Write what a (resumed) run starts from: module weights, optimiser states, env-step counter."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        torch.save(
+            {
+                "state_dict": {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()},
+                "optimizer_states": [o.state_dict() for o in trainer.optimizers],
+                "env_steps": trainer.datamodule.env_steps,
+            },
+            self.path,
+        )
