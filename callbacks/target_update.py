@@ -1,5 +1,5 @@
 """Target networks: rho <- (1 - tau) rho + tau pi after every actor step (paper Alg. 1), and the
-target critic, softly with the same rule or as a hard copy every N updates (PyMARL baselines)."""
+target critic, softly with the same rule or as a hard copy every N updates or N episodes (baselines)."""
 
 from __future__ import annotations
 
@@ -26,21 +26,31 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
 class TargetNetworkUpdate(pl.Callback):
     """After every training batch, move ``module.<target>`` towards ``module.<source>``.
 
-    Exactly one of ``tau`` (soft update each batch, ``0 < tau <= 1``) and ``every_n_updates`` (hard
-    copy every N batches) is given. Each training batch of every algorithm is one actor step, so the
-    soft form is DMAC's target-policy rule.
+    Exactly one of: ``tau`` (soft update each batch, ``0 < tau <= 1``), ``every_n_updates`` (hard copy
+    every N batches) or ``every_n_episodes`` (hard copy once N more episodes were collected, counted
+    over all ranks, as PyMARL's QMIX and FOP do). Each training batch of every algorithm is one actor
+    step, so the soft form is DMAC's target-policy rule.
     """
 
-    def __init__(self, source: str, target: str, tau: float | None = None, every_n_updates: int | None = None) -> None:
-        if (tau is None) == (every_n_updates is None):
-            raise ValueError("TargetNetworkUpdate: give exactly one of tau and every_n_updates")
+    def __init__(
+        self,
+        source: str,
+        target: str,
+        tau: float | None = None,
+        every_n_updates: int | None = None,
+        every_n_episodes: int | None = None,
+    ) -> None:
+        if sum(x is not None for x in (tau, every_n_updates, every_n_episodes)) != 1:
+            raise ValueError("TargetNetworkUpdate: give exactly one of tau, every_n_updates and every_n_episodes")
         if tau is not None and not 0.0 < tau <= 1.0:
             raise ValueError(f"tau must be in (0, 1], got {tau!r}")
-        if every_n_updates is not None and every_n_updates < 1:
-            raise ValueError(f"every_n_updates must be >= 1, got {every_n_updates!r}")
+        for name, every in (("every_n_updates", every_n_updates), ("every_n_episodes", every_n_episodes)):
+            if every is not None and every < 1:
+                raise ValueError(f"{name} must be >= 1, got {every!r}")
         self.source, self.target = source, target
-        self.tau, self.every_n_updates = tau, every_n_updates
+        self.tau, self.every_n_updates, self.every_n_episodes = tau, every_n_updates, every_n_episodes
         self.updates = 0
+        self.copied_at_episode = 0
 
     @property
     def state_key(self) -> str:
@@ -51,14 +61,19 @@ class TargetNetworkUpdate(pl.Callback):
         target, source = getattr(pl_module, self.target), getattr(pl_module, self.source)
         if self.tau is not None:
             soft_update(target, source, self.tau)
-        elif self.updates % self.every_n_updates == 0:
+        elif self.every_n_updates is not None:
+            if self.updates % self.every_n_updates == 0:
+                soft_update(target, source, 1.0)
+        elif pl_module.episodes - self.copied_at_episode >= self.every_n_episodes:
             soft_update(target, source, 1.0)
+            self.copied_at_episode = pl_module.episodes
 
     def state_dict(self) -> dict[str, Any]:
-        return {"updates": self.updates}
+        return {"updates": self.updates, "copied_at_episode": self.copied_at_episode}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.updates = state_dict["updates"]
+        self.copied_at_episode = state_dict.get("copied_at_episode", 0)
 
 
 def target_policy_update(tau: float) -> TargetNetworkUpdate:

@@ -50,3 +50,18 @@ def test_rho_starts_as_a_frozen_copy_of_pi():
     optimised = {id(p) for group in module.configure_optimizers() for g in group.param_groups for p in g["params"]}
     assert not optimised & {id(p) for p in module.target_actor.parameters()}
     assert not optimised & {id(p) for p in module.target_critic.parameters()}
+
+
+def test_rho_is_mixed_with_the_same_exploration_epsilon_as_pi():
+    from datamodules import EpisodeDataModule
+
+    module = ComaDmac(epsilon_start=0.4, epsilon_finish=0.4)
+    data = EpisodeDataModule(env="stochastic_game", env_kwargs={"n_states": 3, "n_agents": 3, "n_actions": 4, "episode_limit": 4},
+                             n_envs=2, episodes_per_collect=2, batch_size=2, buffer_size=4, seed=0)
+    data.connect(module)
+    data.setup("fit")
+    module.configure_env(data.env_info)
+    episodes = module.episode_batch(data.collect())
+    log_pi, log_rho = module.log_pi(episodes).detach(), module.log_rho(episodes)
+    assert module.epsilon == 0.4 and log_pi.exp().min() > 0.4 / 4 - 1e-6  # pi is the epsilon-mixed policy
+    torch.testing.assert_close(log_rho, log_pi)  # rho = pi at the start, so the divergence must be zero

@@ -38,7 +38,7 @@ def test_hard_copy_every_n_updates():
         callback.on_train_batch_end(None, pair, None, None, 0)
         same = all(torch.equal(a, b) for a, b in zip(pair.actor.parameters(), pair.target_actor.parameters()))
         assert same == (step == 3)
-    assert callback.state_dict() == {"updates": 3}
+    assert callback.state_dict()["updates"] == 3
 
 
 def test_soft_update_function_and_bad_tau():
@@ -51,3 +51,18 @@ def test_soft_update_function_and_bad_tau():
             TargetNetworkUpdate("actor", "target_actor", tau=tau)
     with pytest.raises(ValueError, match="exactly one"):
         TargetNetworkUpdate("actor", "target_actor")
+
+
+def test_hard_copy_every_n_collected_episodes():
+    pair = Pair()
+    callback = TargetNetworkUpdate("actor", "target_actor", every_n_episodes=200)
+    copies = []
+    for episodes in (8, 96, 192, 200, 320, 400, 408):  # the episode counter after each update
+        pair.episodes = episodes
+        pair.target_actor[0].weight.data.zero_()
+        callback.on_train_batch_end(None, pair, None, None, 0)
+        copies.append(torch.equal(pair.actor[0].weight, pair.target_actor[0].weight))
+    assert copies == [False, False, False, True, False, True, False]
+    assert callback.state_dict() == {"updates": 7, "copied_at_episode": 400}
+    with pytest.raises(ValueError, match="exactly one"):
+        TargetNetworkUpdate("actor", "target_actor", every_n_updates=2, every_n_episodes=2)

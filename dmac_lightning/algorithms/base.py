@@ -170,8 +170,10 @@ class MultiAgentModule(pl.LightningModule):
         self.target_actor = freeze(copy.deepcopy(self.actor))
 
     def log_target_policy(self, episodes: EpisodeBatch) -> torch.Tensor:
+        """``log rho`` over stored histories, mixed with the same exploration epsilon as the ``log pi`` the
+        +DMAC updates use, so that the divergence vanishes when rho = pi."""
         with torch.no_grad():
-            return self.log_policy(self.target_actor, episodes)
+            return self.log_policy(self.target_actor, episodes, "explore")
 
     # -- acting ---------------------------------------------------------------------------------
     @property
@@ -258,6 +260,12 @@ class MultiAgentModule(pl.LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         return getattr(datamodule, "env_steps", 0)
 
+    @property
+    def episodes(self) -> int:
+        """Episodes collected so far, summed over ranks (0 outside a Trainer)."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return getattr(datamodule, "episodes", 0)
+
     def episode_batch(self, batch: TensorDictBase) -> EpisodeBatch:
         return EpisodeBatch(batch, self.env_info.n_actions)
 
@@ -335,9 +343,13 @@ def dmac_callbacks(tau: float, target_critic_tau: float, *critics: str) -> list[
     return [target_policy_update(tau)] + [TargetNetworkUpdate(name, f"target_{name}", tau=target_critic_tau) for name in critics]
 
 
-def hard_target_callbacks(every_n_updates: int, *networks: str) -> list[TargetNetworkUpdate]:
-    """Copy each ``x`` into ``target_x`` every ``every_n_updates`` updates (the PyMARL baselines)."""
-    return [TargetNetworkUpdate(name, f"target_{name}", every_n_updates=every_n_updates) for name in networks]
+def hard_target_callbacks(*networks: str, every_n_updates: int | None = None, every_n_episodes: int | None = None) -> list[TargetNetworkUpdate]:
+    """Copy each ``x`` into ``target_x`` every ``every_n_updates`` updates or ``every_n_episodes``
+    collected episodes (the baselines' hard target copies)."""
+    return [
+        TargetNetworkUpdate(name, f"target_{name}", every_n_updates=every_n_updates, every_n_episodes=every_n_episodes)
+        for name in networks
+    ]
 
 
 def freeze(network: nn.Module) -> nn.Module:

@@ -40,8 +40,10 @@ class Coma(MultiAgentModule):
     Args:
         td_lambda: TD(lambda) factor of the critic targets, in [0, 1].
         critic_hidden_dims: hidden widths of the critic MLP.
-        target_update_interval: copy the critic into the target critic every this many updates
-            (PyMARL: every 200 episodes, i.e. 25 updates of 8 episodes).
+        target_update_interval: copy the critic into the target critic every this many updates.
+            (PyMARL's COMA copies every 200 critic steps, taking one step per time step of a batch;
+            this critic takes one step per batch of episodes, and 25 updates of 8 episodes each is
+            200 episodes.)
         epsilon_start: weight of the uniform policy mixed into pi at the start of training.
         epsilon_finish: ... at the end of the annealing.
         epsilon_anneal_steps: env steps over which epsilon anneals linearly.
@@ -79,7 +81,7 @@ class Coma(MultiAgentModule):
         return [self.rmsprop(self.critic.parameters(), self.lr_critic), self.rmsprop(self.actor.parameters(), self.lr_actor)]
 
     def configure_callbacks(self) -> list:
-        return hard_target_callbacks(self.target_update_interval, "critic")
+        return hard_target_callbacks("critic", every_n_updates=self.target_update_interval)
 
     # -- policy ---------------------------------------------------------------------------------
     def log_pi(self, episodes: EpisodeBatch) -> torch.Tensor:

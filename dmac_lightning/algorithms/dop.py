@@ -86,7 +86,7 @@ class Dop(MultiAgentModule):
         return [critic, self.rmsprop(self.actor.parameters(), self.lr_actor)]
 
     def configure_callbacks(self) -> list:
-        return hard_target_callbacks(self.target_update_interval, "critic", "mixer")
+        return hard_target_callbacks("critic", "mixer", every_n_updates=self.target_update_interval)
 
     # -- the critic -----------------------------------------------------------------------------
     def individual_q(self, critic: torch.nn.Module, episodes: EpisodeBatch) -> torch.Tensor:

@@ -43,11 +43,12 @@ class Fop(MultiAgentModule):
     Args:
         td_lambda: TD(lambda) factor of the critic targets, in [0, 1].
         alpha_start, alpha_finish, alpha_anneal_steps: linear decay of the entropy temperature over
-            env steps (FOP: ``max(0.05, 0.5 - t / 200000)``).
+            env steps (FOP: ``max(0.05, 0.5 - t / 200000)``, i.e. 0.5 -> 0.05 over 90k steps).
         critic_hidden_dims: hidden widths of each per-agent critic MLP.
         mixer_heads: heads of the mixer's lambda weights.
         mixing_embed_dim: hidden width of the mixer's V(s).
-        target_update_interval: copy critics and mixers into their targets every this many updates.
+        target_update_interval: copy critics and mixers into their targets every this many collected
+            episodes (FOP, like PyMARL, counts episodes: 200).
         epsilon_start, epsilon_finish, epsilon_anneal_steps: epsilon-uniform mixing of the policy.
         **kwargs: shared settings of :class:`MultiAgentModule`.
     """
@@ -59,7 +60,7 @@ class Fop(MultiAgentModule):
         td_lambda: float = 0.8,
         alpha_start: float = 0.5,
         alpha_finish: float = 0.05,
-        alpha_anneal_steps: int = 180_000,
+        alpha_anneal_steps: int = 90_000,
         critic_hidden_dims: list[int] = [64, 64],  # noqa: B006 - LightningCLI reads the default
         mixer_heads: int = 4,
         mixing_embed_dim: int = 32,
@@ -98,7 +99,7 @@ class Fop(MultiAgentModule):
         return [critic, self.rmsprop(self.actor.parameters(), self.lr_actor)]
 
     def configure_callbacks(self) -> list:
-        return hard_target_callbacks(self.target_update_interval, "critics", "mixers")
+        return hard_target_callbacks("critics", "mixers", every_n_episodes=self.target_update_interval)
 
     @property
     def alpha(self) -> float:
@@ -190,6 +191,8 @@ class FopDmac(Fop):
         epsilon_start, epsilon_finish, epsilon_anneal_steps: optional extra exploration (off).
         **kwargs: shared settings of :class:`MultiAgentModule`.
     """
+
+    evaluates_greedily = False  # every +DMAC policy is evaluated by sampling (App. C.3)
 
     def __init__(
         self,

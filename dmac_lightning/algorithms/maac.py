@@ -124,9 +124,9 @@ class Maac(MultiAgentModule):
         regularizer = self.attention_regularization * (attention_logits**2).mean() if attention_logits.numel() else 0.0
         self.optimizer_step(critic_optimizer, critic_loss + regularizer)
 
-        with torch.no_grad():
+        with torch.no_grad():  # the actor follows the critic as it is after its step (encoder included)
             actions = sample(log_pi[:, steps].detach())
-            q_alternatives, _ = self.critic(histories[:, steps].detach(), actions)
+            q_alternatives, _ = self.critic(self.histories(self.critic, episodes)[:, steps], actions)
         advantage = self.advantage(q_alternatives, actions, log_pi[:, steps].detach(), log_rho[:, steps])
         actor_loss = divergence.policy_gradient_loss(advantage, gather_actions(log_pi[:, steps], actions), episodes.step_mask)
         logit_penalty = self.policy_regularization * masked_mean((logits[:, steps] ** 2).mean(-1), episodes.step_mask)

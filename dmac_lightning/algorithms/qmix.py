@@ -2,7 +2,7 @@
 
 QMIX: GRU agent Q-networks, epsilon-greedy exploration (linear decay), a monotonic hypernetwork
 mixer (embed 32, absolute weights, state-conditioned biases), double-Q max targets from target
-networks copied every ``target_update_interval`` updates. Greedy evaluation.
+networks copied every ``target_update_interval`` collected episodes (PyMARL: 200). Greedy evaluation.
 
 QMIX+DMAC: the individual Q-networks stay as the critic, but without a max in the target the mixer
 need not be monotonic: an MLP over ``[Q_1..Q_n, s]`` (hidden 32). Policies pi and target policies rho
@@ -41,7 +41,8 @@ class Qmix(MultiAgentModule):
         mixing_embed_dim: width of the mixer's hidden layer.
         hypernet_dim: hidden width of the hypernetworks producing the mixer's weights.
         double_q: choose next actions with the online Q-networks, evaluate them with the targets.
-        target_update_interval: copy the Q-networks and mixer into their targets every this many updates.
+        target_update_interval: copy the Q-networks and mixer into their targets every this many
+            collected episodes (PyMARL counts episodes: 200).
         epsilon_start, epsilon_finish, epsilon_anneal_steps: epsilon-greedy schedule over env steps.
         **kwargs: shared settings of :class:`MultiAgentModule` (``lr_critic`` trains the Q-networks).
     """
@@ -81,7 +82,7 @@ class Qmix(MultiAgentModule):
         return self.rmsprop([*self.agent_q.parameters(), *self.mixer.parameters()], self.lr_critic)
 
     def configure_callbacks(self) -> list:
-        return hard_target_callbacks(self.target_update_interval, "agent_q", "mixer")
+        return hard_target_callbacks("agent_q", "mixer", every_n_episodes=self.target_update_interval)
 
     def choose_actions(self, outputs: torch.Tensor, available: torch.Tensor, mode: ActMode) -> torch.Tensor:
         # A greedy policy has nothing to sample: evaluation is greedy in both modes.
