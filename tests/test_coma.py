@@ -65,3 +65,57 @@ def test_rho_is_mixed_with_the_same_exploration_epsilon_as_pi():
     log_pi, log_rho = module.log_pi(episodes).detach(), module.log_rho(episodes)
     assert module.epsilon == 0.4 and log_pi.exp().min() > 0.4 / 4 - 1e-6  # pi is the epsilon-mixed policy
     torch.testing.assert_close(log_rho, log_pi)  # rho = pi at the start, so the divergence must be zero
+
+
+def test_dmac_targets_bootstrap_through_a_time_limit_but_not_through_a_termination():
+    """The whole path from collector output to critic targets: ``pad_episodes`` -> ``EpisodeBatch`` ->
+    ``ComaDmac.critic_targets``, on two 2-step episodes (limit 4) that differ only in how they end."""
+    from tensordict import TensorDict
+
+    from datamodules import pad_episodes
+
+    torch.manual_seed(0)
+    info = EnvInfo(n_agents=2, n_actions=3, obs_dim=4, state_dim=5, episode_limit=4)
+    gamma, omega, lam = 0.9, 0.5, 0.8
+    module = ComaDmac(omega=omega, td_lambda=lam, gamma=gamma)
+    module.configure_env(info)
+    with torch.no_grad():  # move rho away from pi so that the divergence terms are not zero
+        for parameter in module.target_actor.parameters():
+            parameter.add_(0.5 * torch.randn_like(parameter))
+    k, steps = 2, 2
+    observation = torch.randn(1, steps, 2, 4).expand(k, -1, -1, -1)
+    state = torch.randn(1, steps, 5).expand(k, -1, -1)
+    available = torch.ones(k, steps, 2, 3, dtype=torch.bool)
+    collected = TensorDict(
+        {
+            "agents": {"observation": observation, "action_mask": available, "action": torch.tensor([[0, 1], [2, 2]]).expand(k, -1, -1)},
+            "state": state,
+            "collector": {"mask": torch.ones(k, steps, dtype=torch.bool)},
+            "next": {
+                "agents": {"observation": torch.randn(1, steps, 2, 4).expand(k, -1, -1, -1), "action_mask": available},
+                "state": torch.randn(1, steps, 5).expand(k, -1, -1),
+                "reward": torch.tensor([[[1.0], [2.0]]]).expand(k, -1, -1),
+                "terminated": torch.tensor([[[False], [True]], [[False], [False]]]),  # episode 1: a time limit
+            },
+        },
+        batch_size=[k, steps],
+    )
+    episodes = module.episode_batch(pad_episodes(collected, info.episode_limit))
+    log_pi, log_rho = module.log_pi(episodes).detach(), module.log_rho(episodes)
+    torch.manual_seed(5)
+    targets = module.critic_targets(episodes, log_pi, log_rho)  # [k, T, n_agents]
+
+    torch.manual_seed(5)  # the same next actions: stored where the episode went on, sampled at its end
+    actions = module.bootstrap_actions(episodes, log_pi)
+    assert torch.equal(actions[:, :steps], episodes.actions[:, :steps])
+    q_bar = gather_actions(module.q_values(module.target_critic, episodes, actions, slice(None)), actions)  # [k, L, n]
+    l = (gather_actions(log_pi, actions) - gather_actions(log_rho, actions)).sum(-1, keepdim=True)  # [k, L, 1]
+    assert l[:, 1:3].abs().min() > 1e-3
+
+    g1_terminated = torch.full((2,), 2.0)
+    g1_truncated = 2.0 + gamma * (q_bar[1, 2] - omega * l[1, 2])
+    g0 = lambda e, g1: 1.0 + gamma * ((1 - lam) * q_bar[e, 1] + lam * g1 - omega * l[e, 1])  # noqa: E731
+    torch.testing.assert_close(targets[0, 1], g1_terminated)
+    torch.testing.assert_close(targets[1, 1], g1_truncated)
+    torch.testing.assert_close(targets[0, 0], g0(0, g1_terminated))
+    torch.testing.assert_close(targets[1, 0], g0(1, g1_truncated))

@@ -131,3 +131,40 @@ def test_collection_uses_the_current_policy_weights():
     episodes = data.collect()
     filled = episodes["filled"]
     assert (episodes["agents", "action"][filled] == 2).all()
+
+
+class RecordingComaDmac(ComaDmac):
+    """Writes the logits it acted on into the tensordict, so collection can be compared with training."""
+
+    def choose_actions(self, outputs, available, mode):
+        self.last_outputs = outputs
+        return super().choose_actions(outputs, available, mode)
+
+    def act(self, td, mode):
+        td = super().act(td, mode)
+        td.set(("agents", "acted_logits"), self.last_outputs)
+        return td
+
+
+def test_stepping_in_collection_equals_unrolling_stored_episodes():
+    """The GRU state carried step by step (reset at each new episode) gives the same outputs as one
+    unroll over the stored, padded episode from a zero state, with the same last-action inputs."""
+    torch.manual_seed(0)
+    module = RecordingComaDmac()
+    data = connected(module, n_envs=3)
+    limit = data.env_info.episode_limit  # every stochastic-game episode lasts exactly this long
+    env = data.wrap_env(data.make_env(3, seed=1))
+    rollout = env.rollout(2 * limit, module.policy("sample"), break_when_any_done=False)  # two episodes per env
+    assert rollout["next", "done"][:, limit - 1].all() and not rollout["next", "done"][:, : limit - 1].any()
+    raw = rollout.reshape(3, 2, limit).reshape(6, limit)
+    raw.set(("collector", "mask"), torch.ones(6, limit, dtype=torch.bool))
+    episodes = module.episode_batch(pad_episodes(raw, limit))
+    with torch.no_grad():
+        unrolled = module.unroll(module.actor, episodes)[:, :limit]
+    torch.testing.assert_close(unrolled, raw["agents", "acted_logits"], atol=1e-5, rtol=1e-4)
+    # the second episode of each env really started from a fresh state: one unroll over both episodes
+    # as if they were one (hidden state and last action carried over) does not reproduce it
+    rollout.set(("collector", "mask"), torch.ones(3, 2 * limit, dtype=torch.bool))
+    with torch.no_grad():
+        carried_on = module.unroll(module.actor, module.episode_batch(pad_episodes(rollout, 2 * limit)))[:, limit : 2 * limit]
+    assert not torch.allclose(carried_on, rollout["agents", "acted_logits"][:, limit:], atol=1e-3)
