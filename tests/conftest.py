@@ -24,3 +24,34 @@ def small_game() -> dict:
 def dmac_command(*args: str) -> list[str]:
     """``python -m dmac_lightning ...`` with the interpreter running the tests."""
     return [sys.executable, "-m", "dmac_lightning", *args]
+
+
+ALGORITHM_FILES = {
+    "coma": "Coma", "coma_dmac": "ComaDmac", "maac": "Maac", "maac_dmac": "MaacDmac", "qmix": "Qmix",
+    "qmix_dmac": "QmixDmac", "dop": "Dop", "dop_dmac": "DopDmac", "fop": "Fop", "fop_dmac": "FopDmac",
+}
+
+
+def compose_and_check(env: str, map_name: str, algorithm: str) -> None:
+    """``dmac fit --config configs/<env>/<map>.yaml --config configs/algorithms/<algorithm>.yaml`` builds
+    the right objects with the paper's SMAC settings (App. C.2, C.3)."""
+    from callbacks import Evaluation
+    from dmac_lightning.cli import DMACCLI
+
+    cli = DMACCLI(
+        args=[
+            "--config", os.path.join(CONFIGS, env, f"{map_name}.yaml"),
+            "--config", os.path.join(CONFIGS, "algorithms", f"{algorithm}.yaml"),
+            "--trainer.logger", "false",
+        ],
+        run=False,
+    )
+    assert type(cli.model).__name__ == ALGORITHM_FILES[algorithm]
+    assert cli.datamodule.env_name == env and cli.datamodule.env_kwargs["map_name"] == map_name
+    fop_group, long_map = algorithm.startswith("fop"), map_name in ("2c_vs_64zg", "MMM2")
+    assert cli.datamodule.max_env_steps == (2_000_000 if fop_group or long_map else 1_000_000)
+    evaluation = next(c for c in cli.trainer.callbacks if isinstance(c, Evaluation))
+    assert (evaluation.interval, evaluation.episodes) == (20_000 if fop_group else 10_000, 20)
+    assert cli.model.greedy_evaluation == (algorithm in ("qmix", "fop"))
+    if algorithm.endswith("_dmac"):
+        assert (cli.model.omega, cli.model.tau) == (0.01, 0.01)

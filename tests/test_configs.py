@@ -7,7 +7,7 @@ import os
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import CONFIGS, SMALL_GAME
+from conftest import ALGORITHM_FILES, CONFIGS, SMALL_GAME, compose_and_check
 from dmac_lightning.algorithms import ALGORITHMS
 from dmac_lightning.cli import main
 
@@ -41,3 +41,13 @@ def test_config_trains_and_logs_losses_and_evaluation(config, tmp_path, monkeypa
     if "Dmac" in run_dir:
         assert "dmac/kl_pi_rho" in tags
     assert os.path.exists(os.path.join(run_dir, "checkpoints", "last.ckpt"))
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHM_FILES))
+def test_every_algorithm_composes_with_every_smax_map(algorithm, tmp_path, monkeypatch):
+    pytest.importorskip("jaxmarl")
+    monkeypatch.chdir(tmp_path)
+    maps = sorted(os.path.basename(path)[:-5] for path in glob.glob(os.path.join(CONFIGS, "smax", "*.yaml")))
+    assert maps == ["2s3z", "3m", "3s5z", "3s_vs_3z", "5m_vs_6m", "8m"]
+    for map_name in maps:
+        compose_and_check("smax", map_name, algorithm)

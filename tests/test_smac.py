@@ -1,5 +1,6 @@
 """The real-SMAC wrapper against a stand-in for ``smac.env.StarCraft2Env`` (no StarCraft II here)."""
 
+import glob
 import importlib
 import logging
 import os
@@ -9,7 +10,7 @@ import pytest
 import torch
 from torchrl.envs.utils import check_env_specs
 
-from conftest import CONFIGS, ROOT
+from conftest import ALGORITHM_FILES, CONFIGS, ROOT, compose_and_check
 from dmac_lightning.envs import check_env_config, make_env
 
 STAND_INS = os.path.join(ROOT, "tests", "stand_ins")
@@ -266,3 +267,14 @@ def test_cli_reports_missing_smac_before_training(monkeypatch, tmp_path, capsys)
         main(["fit", "--config", os.path.join(CONFIGS, "smac", "MMM2.yaml"), "--config", os.path.join(CONFIGS, "algorithms", "qmix_dmac.yaml")])
     assert exit_info.value.code == 2
     assert "oxwhirl/smac.git" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHM_FILES))
+def test_every_algorithm_composes_with_every_paper_map(starcraft, monkeypatch, algorithm):
+    from dmac_lightning.envs.smac import PAPER_MAPS
+
+    monkeypatch.chdir(starcraft)
+    maps = sorted(os.path.basename(path)[:-5] for path in glob.glob(os.path.join(CONFIGS, "smac", "*.yaml")))
+    assert maps == sorted(PAPER_MAPS)
+    for map_name in maps:
+        compose_and_check("smac", map_name, algorithm)
