@@ -4,7 +4,8 @@
         [--accelerator cpu|gpu]
 
 Each rank runs its own envs (``n_envs`` per rank), so 2 ranks collect twice the env steps per
-update round; the figure is global env steps per second (summed over ranks).
+update round; the figure is global env steps per second (summed over ranks). With
+``--accelerator gpu`` the 2-rank run needs 2 GPUs (one per rank); ``--ranks 1`` measures 1 GPU alone.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ def main() -> None:
     parser.add_argument("--config", default="configs/stochastic_game/coma_dmac.yaml")
     parser.add_argument("--steps", type=int, default=40_000)
     parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
     rows = []
-    for devices in (1, 2):
+    for devices in args.ranks:
         extra = ["--trainer.strategy", "ddp"] if devices > 1 else []
         run_dir = run_fit(
             args.config, "--data.max_env_steps", str(args.steps), "--evaluation.interval", str(10 * args.steps),

@@ -14,6 +14,7 @@ peak is the process's maximum resident set size (CPU) or ``torch.cuda.max_memory
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -111,6 +112,9 @@ def main() -> None:
     print(header)
     print("|" + "---|" * 7, flush=True)
     for env in args.envs:
+        if env == "smax" and importlib.util.find_spec("jaxmarl") is None:
+            print(f"| smax | | | skipped: JaxMARL is not installed (pip install -e '.[smax]') | | | |", flush=True)
+            continue
         for n_envs in args.n_envs:
             for algorithm in args.algorithms:
                 command = [sys.executable, __file__, "--child", "--env", env, "--algorithm", algorithm, "--n-envs", str(n_envs),

@@ -35,6 +35,10 @@ def test_runs_are_skipped_when_done_and_resumed_from_their_checkpoint(tmp_path, 
     open(os.path.join(directory, "checkpoints", "last.ckpt"), "w").close()
     resumed = sweep.command(run, str(tmp_path), "sw", [])
     assert resumed[-2:] == ["--ckpt_path", os.path.join(directory, "checkpoints", "last.ckpt")]
+    crashed = os.path.join(directory, "checkpoints", "on_exception.ckpt")  # a crash after the last epoch
+    open(crashed, "w").close()
+    os.utime(crashed, (os.path.getmtime(crashed) + 10,) * 2)
+    assert sweep.command(run, str(tmp_path), "sw", [])[-2:] == ["--ckpt_path", crashed]
 
     calls = []
     monkeypatch.setattr(sweep.subprocess, "run", lambda argv, **kwargs: calls.append(argv) or type("R", (), {"returncode": 0})())

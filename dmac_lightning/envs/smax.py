@@ -160,6 +160,8 @@ class SmaxEnv(EnvBase):
         self._game, self.info = compiled.game, compiled.info
         self._reset_all, self._reset_where, self._step_all = compiled.reset_all, compiled.reset_where, compiled.step_all
         self._jnp = jnp
+        self._jax_device = jax.devices()[0]
+        self._jax_device_type = "cuda" if self._jax_device.platform == "gpu" else "cpu"
         self._key = jax.random.PRNGKey(0 if seed is None else seed)
         self._states = None
         for key, spec in multi_agent_specs(self.info, n_envs, device).items():
@@ -180,7 +182,7 @@ class SmaxEnv(EnvBase):
         if reset is None or self._states is None:
             self._key, self._states, fresh = self._reset_all(self._key)
         else:
-            mask = self._jnp.from_dlpack(reset.reshape(-1).contiguous())
+            mask = self._to_jax(reset.reshape(-1))
             self._key, self._states, fresh = self._reset_where(self._key, self._states, mask)
         out = self._layout(fresh)
         flags = torch.zeros(self.batch_size[0], 1, dtype=torch.bool, device=self.device)
@@ -188,7 +190,7 @@ class SmaxEnv(EnvBase):
         return out
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        actions = self._jnp.from_dlpack(tensordict.get(ACTION).to(torch.int32).contiguous())  # no host copy
+        actions = self._to_jax(tensordict.get(ACTION).to(torch.int32))
         self._key, self._states, out = self._step_all(self._key, self._states, actions)
         result = self._layout(out)
         terminated = _to_torch(out["terminated"], self.device)
@@ -204,6 +206,15 @@ class SmaxEnv(EnvBase):
         )
         return result
 
+    def _to_jax(self, tensor: torch.Tensor) -> Any:
+        """Zero-copy by DLPack when torch and JAX share the device (both CPU, or both GPU); else through the host
+        (e.g. a CPU-only JAX under a GPU run)."""
+        if tensor.device.type == self._jax_device_type:
+            return self._jnp.from_dlpack(tensor.contiguous())
+        import jax
+
+        return jax.device_put(tensor.cpu().numpy(), self._jax_device)
+
     def _set_seed(self, seed: int | None) -> None:
         import jax
 
@@ -213,4 +224,4 @@ class SmaxEnv(EnvBase):
         return {"key": torch.from_dlpack(self._key).clone()}
 
     def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
-        self._key = self._jnp.asarray(state["key"].numpy())
+        self._key = self._jnp.asarray(state["key"].cpu().numpy())

@@ -24,6 +24,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from callbacks.checkpoint import CrashCheckpoint
+
 DONE = "done.json"
 
 
@@ -58,8 +60,10 @@ def plan(configs: list[str], seeds: list[int], vary: str | None = None) -> list[
 
 def command(run: Run, root: str, name: str, extra: list[str]) -> list[str]:
     directory = run.directory(root, name)
-    checkpoint = os.path.join(directory, "checkpoints", "last.ckpt")
-    resume = ["--ckpt_path", checkpoint] if os.path.exists(checkpoint) else []
+    # The newer of the last epoch's checkpoint and the one a crash wrote.
+    saved = [os.path.join(directory, "checkpoints", f) for f in ("last.ckpt", CrashCheckpoint.FILENAME)]
+    saved = [path for path in saved if os.path.exists(path)]
+    resume = ["--ckpt_path", max(saved, key=os.path.getmtime)] if saved else []
     return [
         sys.executable, "-m", "dmac_lightning", "fit", "--config", run.config,
         "--seed_everything", str(run.seed),
