@@ -1,5 +1,5 @@
 """LightningDataModules wrapping TorchRL collectors and replay buffers."""
 
-from datamodules.episodes import EpisodeDataModule, EpisodeStream, pad_episodes
+from datamodules.episodes import EpisodeDataModule, EpisodeStream, EpisodeAssembler
 
-__all__ = ["EpisodeDataModule", "EpisodeStream", "pad_episodes"]
+__all__ = ["EpisodeDataModule", "EpisodeStream", "EpisodeAssembler"]

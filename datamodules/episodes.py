@@ -1,7 +1,7 @@
 """Episodes from a TorchRL collector, padded to the episode limit, served from a replay buffer.
 
 Data flow: ``Collector`` (policy = the LightningModule's current actor, same weights, no copy)
--> complete episodes -> :func:`pad_episodes` -> ``TensorDictReplayBuffer(LazyTensorStorage)``
+-> :class:`EpisodeAssembler` (complete, padded episodes) -> ``TensorDictReplayBuffer(LazyTensorStorage)``
 -> :class:`EpisodeStream` yields ``updates_per_collect`` sampled batches after every collect.
 
 A stored episode is a TensorDict of batch ``[episode_limit + 1]`` (time): step ``t`` holds the observation, action mask and state seen at ``t``, the
@@ -31,46 +31,96 @@ from dmac_lightning.envs import EnvInfo, check_env_config, env_metadata, make_en
 from dmac_lightning.envs.common import ACTION, ACTION_MASK, BATTLE_WON, BROKEN, OBSERVATION, STATE
 
 Regime = Literal["off_policy", "on_policy", "mixed"]
-_STEP_KEYS = (OBSERVATION, ACTION_MASK, STATE)
 
 
-def pad_episodes(data: TensorDictBase, episode_limit: int) -> TensorDict:
-    """Collector output ``[k, T]`` (padded, with ``("collector", "mask")``) -> ``k`` stored episodes,
-    a TensorDict of batch ``[k, episode_limit + 1]`` (see the module docstring).
+# Stored per step: what was seen (also the bootstrap slot after the last step), what was done, what followed.
+_SEEN = {OBSERVATION: OBSERVATION, ACTION_MASK: ACTION_MASK, STATE: STATE}
+_DONE_AND_FOLLOWED = {ACTION: ACTION, "reward": ("next", "reward"), "terminated": ("next", "terminated")}
 
-    Episodes an env marked broken (``("info", "episode_broken")``, e.g. after a StarCraft II crash) are
-    dropped here, so nothing downstream ever sees them.
+
+class EpisodeAssembler:
+    """Cuts the collector's stream of steps into complete episodes in the stored layout.
+
+    Each env's episode in progress lives in ``pending`` (per key ``[n_envs, episode_limit + 1, ...]``);
+    a collected step is written into it for all envs at once, and an episode that ends moves to a
+    first-in-first-out queue, in the order episodes end and, among those ending together, the order
+    they started (TorchRL's trajectory order). An episode its env marked broken
+    (``("info", "episode_broken")``, e.g. after a StarCraft II crash) is dropped when it ends.
     """
-    valid = data.get(("collector", "mask"))
-    if ("next", *BROKEN) in data.keys(include_nested=True):
-        intact = ~(data.get(("next", *BROKEN))[..., 0] & valid).any(1)
-        data, valid = data[intact], valid[intact]
-    n_episodes, steps = valid.shape
-    if steps > episode_limit:
-        raise RuntimeError(f"an episode lasted {steps} steps, longer than the env's episode_limit {episode_limit}")
-    lengths = valid.sum(1)
-    rows = torch.arange(n_episodes, device=valid.device)
-    last = (lengths - 1).clamp(min=0)
-    padded = (n_episodes, episode_limit + 1)
 
-    def series(value: torch.Tensor, fill: bool | float = 0) -> torch.Tensor:
-        out = torch.full((*padded, *value.shape[2:]), fill, dtype=value.dtype, device=value.device)
-        mask = valid.view(n_episodes, steps, *([1] * (value.dim() - 2)))
-        out[:, :steps] = torch.where(mask, value, out[:, :steps])
+    def __init__(self, episode_limit: int) -> None:
+        self.episode_limit = episode_limit
+        self.pending: dict[Any, torch.Tensor] = {}
+        self.queue: list[dict[Any, torch.Tensor]] = []
+        self.queued = 0
+        self.dropped = 0
+        self._steps = 0
+
+    def add(self, frames: TensorDictBase) -> None:
+        """Steps ``[n_envs, T]`` as the collector yields them (``T`` consecutive steps of every env)."""
+        sources = {**_SEEN, **_DONE_AND_FOLLOWED}
+        if ("next", *BATTLE_WON) in frames.keys(include_nested=True):
+            sources["battle_won"] = ("next", *BATTLE_WON)
+        step_values = {name: frames.get(key) for name, key in sources.items()}
+        if "battle_won" in step_values:
+            step_values["battle_won"] = step_values["battle_won"][..., 0]  # stored [L + 1], no trailing dim
+        next_seen = {name: frames.get(("next", *_as_tuple(key))) for name, key in _SEEN.items()}
+        done = frames.get(("next", "done"))[..., 0]
+        broken = frames.get(("next", *BROKEN))[..., 0] if ("next", *BROKEN) in frames.keys(include_nested=True) else None
+        if not self.pending:
+            self._allocate(step_values, done)
+        for t in range(done.shape[1]):
+            self._add_step(
+                {name: value[:, t] for name, value in step_values.items()},
+                {name: value[:, t] for name, value in next_seen.items()},
+                done[:, t],
+                None if broken is None else broken[:, t],
+            )
+
+    def _allocate(self, step_values: dict[Any, torch.Tensor], done: torch.Tensor) -> None:
+        n_envs, device = done.shape[0], done.device
+        for name, value in step_values.items():
+            shape = (n_envs, self.episode_limit + 1, *value.shape[2:])
+            self.pending[name] = torch.full(shape, name == ACTION_MASK, dtype=value.dtype, device=device)
+        self.pending["filled"] = torch.zeros(n_envs, self.episode_limit + 1, dtype=torch.bool, device=device)
+        self._length = torch.zeros(n_envs, dtype=torch.long, device=device)
+        self._started = torch.zeros(n_envs, dtype=torch.long, device=device)
+        self._envs = torch.arange(n_envs, device=device)
+
+    def _add_step(self, values: dict, next_seen: dict, done: torch.Tensor, broken: torch.Tensor | None) -> None:
+        position = self._length
+        if bool((position >= self.episode_limit).any()):
+            raise RuntimeError(f"an episode lasted longer than the env's episode_limit {self.episode_limit}")
+        for name, value in values.items():
+            self.pending[name][self._envs, position] = value.reshape(self.pending[name][:, 0].shape)
+        self.pending["filled"][self._envs, position] = True
+        self._steps += 1
+        ended = done.nonzero().squeeze(-1)
+        if ended.numel():
+            for name, value in next_seen.items():  # the bootstrap observation after the last step
+                self.pending[name][ended, position[ended] + 1] = value[ended]
+            ended = ended[torch.argsort(self._started[ended], stable=True)]
+            episodes = {name: stored[ended] for name, stored in self.pending.items()}
+            if broken is not None:
+                intact = ~broken[ended]
+                episodes = {name: value[intact] for name, value in episodes.items()}
+                self.dropped += ended.numel() - episodes["filled"].shape[0]
+            self.queue.append(episodes)
+            self.queued += episodes["filled"].shape[0]
+            for name, stored in self.pending.items():
+                stored[ended] = name == ACTION_MASK
+            self._started[ended] = self._steps
+        self._length = torch.where(done, 0, position + 1)
+
+    def pop(self, count: int) -> TensorDict:
+        """The ``count`` oldest complete episodes, a TensorDict ``[count, episode_limit + 1]``."""
+        merged = {name: torch.cat([episodes[name] for episodes in self.queue]) for name in self.pending}
+        self.queue = [{name: value[count:] for name, value in merged.items()}]
+        self.queued -= count
+        out = TensorDict({}, batch_size=(count, self.episode_limit + 1), device=merged["filled"].device)
+        for name, value in merged.items():
+            out.set(name, value[:count])
         return out
-
-    out = TensorDict({}, batch_size=padded, device=data.device)
-    for key in (OBSERVATION, ACTION_MASK, STATE):
-        stored = series(data.get(key), fill=key == ACTION_MASK)
-        stored[rows, lengths] = data.get(("next", *_as_tuple(key)))[rows, last]  # the bootstrap observation
-        out.set(key, stored)
-    out.set(ACTION, series(data.get(ACTION)))
-    out.set("reward", series(data.get(("next", "reward"))))
-    out.set("terminated", series(data.get(("next", "terminated"))))
-    out.set("filled", series(valid))
-    if ("next", *BATTLE_WON) in data.keys(include_nested=True):
-        out.set("battle_won", series(data.get(("next", *BATTLE_WON))[..., 0]))
-    return out
 
 
 def _as_tuple(key: str | tuple) -> tuple:
@@ -170,6 +220,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.fresh: TensorDictReplayBuffer | None = None
         self._collector: Collector | None = None
         self._batches: Iterator[TensorDictBase] | None = None
+        self._assembler: EpisodeAssembler | None = None
         # Counters are global (summed over ranks) so every rank agrees on epochs and on stopping.
         self.env_steps = 0
         self.episodes = 0
@@ -276,9 +327,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         self._collector = Collector(
             env,
             module.exploration_policy,
-            frames_per_batch=self.n_envs,
-            trajs_per_batch=self.episodes_per_collect,
-            traj_format="padded",
+            frames_per_batch=self.n_envs,  # one step of every env per batch: episodes are cut as they end
             total_frames=-1,
             trust_policy=True,
             auto_register_policy_transforms=False,
@@ -287,15 +336,17 @@ class EpisodeDataModule(pl.LightningDataModule):
             storing_device=self.device,
         )
         self._batches = iter(self._collector)
+        self._assembler = EpisodeAssembler(self.env_info.episode_limit)
 
     # -- collection -----------------------------------------------------------------------------
     @torch.no_grad()
     def collect(self) -> TensorDict:
         """Collect ``episodes_per_collect`` complete episodes into the buffers; update the counters."""
         self._ensure_collector()
-        collected = next(self._batches)
-        episodes = pad_episodes(collected, self.env_info.episode_limit)
-        self.dropped_episodes += collected.batch_size[0] - episodes.batch_size[0]
+        while self._assembler.queued < self.episodes_per_collect:
+            self._assembler.add(next(self._batches))
+        episodes = self._assembler.pop(self.episodes_per_collect)
+        self.dropped_episodes = self._assembler.dropped
         for buffer in (self.fresh, self.replay):
             if buffer is not None:
                 buffer.extend(episodes)
@@ -409,6 +460,7 @@ class EpisodeDataModule(pl.LightningDataModule):
             self._collector.shutdown()
             self._collector = None
             self._batches = None
+            self._assembler = None
 
 
 def _numpy_rng_state() -> dict[str, Any]:

@@ -26,6 +26,7 @@ class RankStateDump(pl.Callback):
                 "first_episode_actions": first.get(("agents", "action")).cpu(),
                 "first_episode_observations": first.get(("agents", "observation")).cpu(),
                 "world_size": trainer.world_size,
+                "evaluated": any(getattr(c, "last", None) for c in trainer.callbacks if type(c).__name__ == "Evaluation"),
             },
             os.path.join(self.directory, f"rank{trainer.global_rank}.pt"),
         )

@@ -68,11 +68,11 @@ def test_rho_is_mixed_with_the_same_exploration_epsilon_as_pi():
 
 
 def test_dmac_targets_bootstrap_through_a_time_limit_but_not_through_a_termination():
-    """The whole path from collector output to critic targets: ``pad_episodes`` -> ``EpisodeBatch`` ->
+    """The whole path from collector output to critic targets: ``EpisodeAssembler`` -> ``EpisodeBatch`` ->
     ``ComaDmac.critic_targets``, on two 2-step episodes (limit 4) that differ only in how they end."""
     from tensordict import TensorDict
 
-    from datamodules import pad_episodes
+    from datamodules import EpisodeAssembler
 
     torch.manual_seed(0)
     info = EnvInfo(n_agents=2, n_actions=3, obs_dim=4, state_dim=5, episode_limit=4)
@@ -90,17 +90,19 @@ def test_dmac_targets_bootstrap_through_a_time_limit_but_not_through_a_terminati
         {
             "agents": {"observation": observation, "action_mask": available, "action": torch.tensor([[0, 1], [2, 2]]).expand(k, -1, -1)},
             "state": state,
-            "collector": {"mask": torch.ones(k, steps, dtype=torch.bool)},
             "next": {
                 "agents": {"observation": torch.randn(1, steps, 2, 4).expand(k, -1, -1, -1), "action_mask": available},
                 "state": torch.randn(1, steps, 5).expand(k, -1, -1),
                 "reward": torch.tensor([[[1.0], [2.0]]]).expand(k, -1, -1),
                 "terminated": torch.tensor([[[False], [True]], [[False], [False]]]),  # episode 1: a time limit
+                "done": torch.tensor([[[False], [True]], [[False], [True]]]),
             },
         },
         batch_size=[k, steps],
     )
-    episodes = module.episode_batch(pad_episodes(collected, info.episode_limit))
+    assembler = EpisodeAssembler(info.episode_limit)
+    assembler.add(collected)
+    episodes = module.episode_batch(assembler.pop(k))
     log_pi, log_rho = module.log_pi(episodes).detach(), module.log_rho(episodes)
     torch.manual_seed(5)
     targets = module.critic_targets(episodes, log_pi, log_rho)  # [k, T, n_agents]

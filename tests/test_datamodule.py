@@ -4,8 +4,9 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from datamodules import EpisodeDataModule, pad_episodes
+from datamodules import EpisodeAssembler, EpisodeDataModule
 from dmac_lightning.algorithms import Coma, ComaDmac
+from dmac_lightning.networks import agent_inputs, previous_actions_one_hot
 
 
 def connected(module, **data_kwargs):
@@ -40,40 +41,65 @@ def test_collected_episodes_have_the_padded_layout_and_masks():
     assert 0 < data.last_collect["train/cover_rate"] <= 1
 
 
-def test_pad_episodes_handles_episodes_of_different_lengths():
-    # two episodes of lengths 3 and 1 as the collector yields them: [k, T_max] with a mask
-    k, steps = 2, 3
-    valid = torch.tensor([[True, True, True], [True, False, False]])
-    obs = torch.arange(k * steps, dtype=torch.float32).view(k, steps, 1, 1)
-    data = TensorDict(
-        {
-            "agents": {"observation": obs, "action_mask": torch.ones(k, steps, 1, 2, dtype=torch.bool),
-                       "action": torch.ones(k, steps, 1, dtype=torch.long)},
-            "state": obs[:, :, 0],
-            "collector": {"mask": valid},
-            "next": {
-                "agents": {"observation": obs + 100, "action_mask": torch.ones(k, steps, 1, 2, dtype=torch.bool)},
-                "state": obs[:, :, 0] + 100,
-                "reward": torch.ones(k, steps, 1),
-                "terminated": torch.tensor([[[False], [False], [True]], [[True], [False], [False]]]),
-                "info": {"battle_won": torch.tensor([[[False], [False], [True]], [[False], [False], [False]]])},
-            },
-        },
-        batch_size=[k, steps],
+def steps(observation, done, terminated, battle_won=None, broken=None):
+    """Collector-style frames ``[n_envs, T]`` of a one-agent env whose observation is a step label."""
+    n_envs, length = observation.shape
+    obs = observation.float().view(n_envs, length, 1, 1)
+    mask = torch.ones(n_envs, length, 1, 2, dtype=torch.bool)
+    following = {"agents": {"observation": obs + 100, "action_mask": mask}, "state": obs[:, :, 0] + 100,
+                 "reward": torch.ones(n_envs, length, 1), "done": done[..., None], "terminated": terminated[..., None]}
+    info = {}
+    if battle_won is not None:
+        info["battle_won"] = battle_won[..., None]
+    if broken is not None:
+        info["episode_broken"] = broken[..., None]
+    if info:
+        following["info"] = info
+    return TensorDict(
+        {"agents": {"observation": obs, "action_mask": mask, "action": torch.ones(n_envs, length, 1, dtype=torch.long)},
+         "state": obs[:, :, 0], "next": following},
+        batch_size=[n_envs, length],
     )
-    episodes = pad_episodes(data, episode_limit=4)
-    assert episodes.batch_size == (2, 5)
-    assert episodes["filled"].sum(-1).tolist() == [3, 1]
-    assert episodes["filled"].tolist() == [[True, True, True, False, False], [True, False, False, False, False]]
-    observation = episodes["agents", "observation"][..., 0, 0]
-    assert observation[0].tolist() == [0, 1, 2, 102, 0]  # bootstrap slot holds the final next observation
-    assert observation[1].tolist() == [3, 103, 0, 0, 0]  # padding is zero, not the masked collector data
-    assert episodes["reward"][..., 0].sum(1).tolist() == [3, 1]
-    assert episodes["agents", "action"][1].sum() == 1
+
+
+def test_the_assembler_cuts_episodes_of_different_lengths_in_the_order_they_end():
+    # env 0: an episode of 3 steps (won), then one in progress; env 1: episodes of 1 and 2 steps, then one in progress
+    observation = torch.tensor([[0, 1, 2, 3], [10, 11, 12, 13]])
+    done = torch.tensor([[False, False, True, False], [True, False, True, False]])
+    terminated = torch.tensor([[False, False, True, False], [False, False, True, False]])  # env 1's first: a time limit
+    won = torch.tensor([[False, False, True, False], [False, False, False, False]])
+    assembler = EpisodeAssembler(episode_limit=4)
+    assembler.add(steps(observation[:, :2], done[:, :2], terminated[:, :2], won[:, :2]))  # in two batches, as collected
+    assembler.add(steps(observation[:, 2:], done[:, 2:], terminated[:, 2:], won[:, 2:]))
+    assert assembler.queued == 3
+    episodes = assembler.pop(2)
+    assert episodes.batch_size == (2, 5) and assembler.queued == 1
+    # the first to end comes first; of the two ending at step 2, the one that started first (env 0, at step 0)
+    seen = episodes["agents", "observation"][..., 0, 0]
+    assert seen.tolist() == [[10, 110, 0, 0, 0], [0, 1, 2, 102, 0]]  # bootstrap slot holds the final next observation
+    assert episodes["filled"].tolist() == [[True, False, False, False, False], [True, True, True, False, False]]
+    assert episodes["terminated"][..., 0].tolist() == [[False] * 5, [False, False, True, False, False]]
+    assert episodes["reward"][..., 0].sum(1).tolist() == [1, 3]
+    assert episodes["battle_won"].any(-1).tolist() == [False, True]
     assert episodes["agents", "action_mask"].all()  # padding keeps every action available
-    assert episodes["battle_won"].any(-1).tolist() == [True, False]
+    last = assembler.pop(1)
+    assert last["agents", "observation"][0, :3, 0, 0].tolist() == [11, 12, 112]
+    # the episodes in progress continue where they are: env 0's started at observation 3
+    assembler.add(steps(torch.tensor([[4], [14]]), torch.tensor([[True], [False]]), torch.tensor([[True], [False]])))
+    assert assembler.pop(1)["agents", "observation"][0, :3, 0, 0].tolist() == [3, 4, 104]
     with pytest.raises(RuntimeError, match="longer than the env's episode_limit"):
-        pad_episodes(data, episode_limit=2)
+        never_done = torch.zeros(1, 5, dtype=torch.bool)
+        EpisodeAssembler(episode_limit=4).add(steps(torch.arange(5)[None], never_done, never_done))
+
+
+def test_the_assembler_drops_broken_episodes():
+    observation = torch.tensor([[0, 1], [10, 11]])
+    done = torch.tensor([[False, True], [False, True]])
+    broken = torch.tensor([[False, False], [False, True]])  # env 1's game crashed
+    assembler = EpisodeAssembler(episode_limit=3)
+    assembler.add(steps(observation, done, torch.zeros(2, 2, dtype=torch.bool), broken=broken))
+    assert (assembler.queued, assembler.dropped) == (1, 1)
+    assert assembler.pop(1)["agents", "observation"][0, :2, 0, 0].tolist() == [0, 1]
 
 
 def test_replay_buffer_samples_whole_episodes():
@@ -156,15 +182,16 @@ def test_stepping_in_collection_equals_unrolling_stored_episodes():
     env = data.wrap_env(data.make_env(3, seed=1))
     rollout = env.rollout(2 * limit, module.policy("sample"), break_when_any_done=False)  # two episodes per env
     assert rollout["next", "done"][:, limit - 1].all() and not rollout["next", "done"][:, : limit - 1].any()
-    raw = rollout.reshape(3, 2, limit).reshape(6, limit)
-    raw.set(("collector", "mask"), torch.ones(6, limit, dtype=torch.bool))
-    episodes = module.episode_batch(pad_episodes(raw, limit))
+    assembler = EpisodeAssembler(limit)
+    assembler.add(rollout)
+    episodes = module.episode_batch(assembler.pop(6))  # env 0, 1, 2's first episodes, then their second ones
     with torch.no_grad():
         unrolled = module.unroll(module.actor, episodes)[:, :limit]
-    torch.testing.assert_close(unrolled, raw["agents", "acted_logits"], atol=1e-5, rtol=1e-4)
+    acted = rollout["agents", "acted_logits"]
+    torch.testing.assert_close(unrolled, torch.cat([acted[:, :limit], acted[:, limit:]]), atol=1e-5, rtol=1e-4)
     # the second episode of each env really started from a fresh state: one unroll over both episodes
     # as if they were one (hidden state and last action carried over) does not reproduce it
-    rollout.set(("collector", "mask"), torch.ones(3, 2 * limit, dtype=torch.bool))
+    last_actions = previous_actions_one_hot(rollout["agents", "action"], data.env_info.n_actions)
     with torch.no_grad():
-        carried_on = module.unroll(module.actor, module.episode_batch(pad_episodes(rollout, 2 * limit)))[:, limit : 2 * limit]
-    assert not torch.allclose(carried_on, rollout["agents", "acted_logits"][:, limit:], atol=1e-3)
+        carried_on = module.actor.unroll(agent_inputs(rollout["agents", "observation"], last_actions))[:, limit:]
+    assert not torch.allclose(carried_on, acted[:, limit:], atol=1e-3)

@@ -53,6 +53,9 @@ def test_two_rank_ddp_run_keeps_ranks_identical_and_counts_globally(tmp_path, co
         assert torch.equal(ranks[0]["state_dict"][name], ranks[1]["state_dict"][name]), name
         assert torch.equal(ranks[0]["state_dict"][name], saved["state_dict"][name].cpu()), name
 
+    # evaluation ran once, on rank 0 (and the others did not wait for it in a collective)
+    assert [rank["evaluated"] for rank in ranks] == [True, False]
+
     # ranks are seeded differently and collected different episodes
     assert not torch.equal(ranks[0]["first_episode_actions"], ranks[1]["first_episode_actions"])
 
@@ -62,7 +65,7 @@ def test_two_rank_ddp_run_keeps_ranks_identical_and_counts_globally(tmp_path, co
     assert saved["EpisodeDataModule"]["env_steps"] >= 1200
 
 
-def test_resume_a_two_rank_checkpoint_on_one_rank(tmp_path):
+def test_resume_a_two_rank_checkpoint_on_one_rank_and_back_on_two(tmp_path):
     fit(tmp_path, "coma_dmac.yaml", "--data.max_env_steps", "800")
     before = checkpoint(tmp_path, "ComaDmac")["EpisodeDataModule"]["env_steps"]
     assert before >= 800
@@ -70,6 +73,10 @@ def test_resume_a_two_rank_checkpoint_on_one_rank(tmp_path):
     after = checkpoint(tmp_path, "ComaDmac")
     assert after["EpisodeDataModule"]["env_steps"] >= 1600
     assert after["EpisodeDataModule"]["world_size"] == 1
+    fit(tmp_path, "coma_dmac.yaml", "--data.max_env_steps", "2400", "--ckpt_path", "last", devices=2)
+    again = checkpoint(tmp_path, "ComaDmac")
+    assert again["EpisodeDataModule"]["env_steps"] >= 2400 and again["EpisodeDataModule"]["world_size"] == 2
+    assert again["EpisodeDataModule"]["episodes"] > after["EpisodeDataModule"]["episodes"]
 
 
 def test_cover_rate_counts_the_pairs_any_rank_visited(tmp_path):

@@ -127,8 +127,9 @@ def test_the_data_module_drops_the_broken_episode(starcraft, monkeypatch):
     data.setup("fit")
     module.configure_env(data.env_info)
     kept = data.collect()
-    assert kept.batch_size[0] == 1  # one of the two episodes was broken and is gone
-    assert data.episodes == 1 and data.env_steps == int(kept["filled"].sum())
+    assert data.dropped_episodes == 1  # one episode was broken and is gone; collection went on for another
+    assert kept.batch_size[0] == 2 and data.episodes == 2 and data.env_steps == int(kept["filled"].sum())
+    assert data.last_collect["train/dropped_episodes"] == 1
     data.env.close()
 
 
