@@ -227,7 +227,6 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.collects = 0
         # This rank's own share (not checkpointed: ranks may change on resume).
         self.local_env_steps = 0
-        self.dropped_episodes = 0
         self.last_collect: dict[str, float] = {}
         self._log_clock: tuple[float, int] | None = None
         self._pending_rng: dict | None = None
@@ -338,6 +337,11 @@ class EpisodeDataModule(pl.LightningDataModule):
         self._batches = iter(self._collector)
         self._assembler = EpisodeAssembler(self.env_info.episode_limit)
 
+    @property
+    def dropped_episodes(self) -> int:
+        """Broken episodes this rank dropped since its collector started (not checkpointed)."""
+        return self._assembler.dropped if self._assembler is not None else 0
+
     # -- collection -----------------------------------------------------------------------------
     @torch.no_grad()
     def collect(self) -> TensorDict:
@@ -346,7 +350,6 @@ class EpisodeDataModule(pl.LightningDataModule):
         while self._assembler.queued < self.episodes_per_collect:
             self._assembler.add(next(self._batches))
         episodes = self._assembler.pop(self.episodes_per_collect)
-        self.dropped_episodes = self._assembler.dropped
         for buffer in (self.fresh, self.replay):
             if buffer is not None:
                 buffer.extend(episodes)
