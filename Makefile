@@ -20,7 +20,8 @@ $(STAMP): setup.py
 # The default run: COMA+DMAC (paper hyperparameters) on the reduced stochastic game of docs/results,
 # about 2 minutes on 2 CPU cores: the return ratio climbs from about 0.1 to about 0.85.
 train: $(STAMP)
-	$(BIN)/dmac fit --config configs/stochastic_game/coma_dmac.yaml --config configs/studies/reduced_stochastic_game.yaml
+	$(BIN)/dmac fit --config configs/algorithms/coma_dmac.yaml --config configs/stochastic_game/game.yaml \
+		--config configs/stochastic_game/dmac.yaml --config configs/studies/reduced_stochastic_game.yaml
 	@echo "TensorBoard: $(BIN)/tensorboard --logdir lightning_logs"
 
 test: $(STAMP)

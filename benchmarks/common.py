@@ -14,10 +14,17 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_fit(config: str, *args: str, cwd: str | None = None) -> str:
-    """Run ``dmac fit`` in a fresh directory; returns the run directory."""
+def config_paths(name: str, env: str = "stochastic_game", map_name: str | None = None) -> list[str]:
+    """The config files of algorithm ``name`` on ``env``, as the registry composes them."""
+    from dmac_lightning.algorithms import algorithm
+
+    return algorithm(name).configs(env, map_name, root=os.path.join(ROOT, "configs"))
+
+
+def run_fit(configs: list[str], *args: str, cwd: str | None = None) -> str:
+    """Run ``dmac fit`` with ``configs`` in a fresh directory; returns the run directory."""
     cwd = cwd or tempfile.mkdtemp(prefix="dmac-bench-")
-    command = [sys.executable, "-m", "dmac_lightning", "fit", "--config", os.path.join(ROOT, config),
+    command = [sys.executable, "-m", "dmac_lightning", "fit", *(arg for path in configs for arg in ("--config", path)),
                "--trainer.enable_progress_bar", "false", *args]
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:

@@ -1,6 +1,6 @@
 """Training-loop env steps/s with 1 vs 2 DDP ranks on the stochastic game (CPU by default).
 
-    python benchmarks/ddp_scaling.py [--config configs/stochastic_game/coma_dmac.yaml] [--steps 40000]
+    python benchmarks/ddp_scaling.py [--algorithm coma_dmac] [--steps 40000]
         [--accelerator cpu|gpu]
 
 Each rank runs its own envs (``n_envs`` per rank), so 2 ranks collect twice the env steps per
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 
-from common import run_fit, steady_throughput
+from common import config_paths, run_fit, steady_throughput
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/stochastic_game/coma_dmac.yaml")
+    parser.add_argument("--algorithm", default="coma_dmac", help="a registered algorithm, on the stochastic game")
     parser.add_argument("--steps", type=int, default=40_000)
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
@@ -26,7 +26,7 @@ def main() -> None:
     for devices in args.ranks:
         extra = ["--trainer.strategy", "ddp"] if devices > 1 else []
         run_dir = run_fit(
-            args.config, "--data.max_env_steps", str(args.steps), "--evaluation.interval", str(10 * args.steps),
+            config_paths(args.algorithm), "--data.max_env_steps", str(args.steps), "--evaluation.interval", str(10 * args.steps),
             "--evaluation.at_start", "false", "--trainer.accelerator", args.accelerator,
             "--trainer.devices", str(devices), *extra,
         )

@@ -24,14 +24,13 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALGORITHMS = ["coma", "coma_dmac", "maac", "maac_dmac", "qmix", "qmix_dmac", "dop", "dop_dmac", "fop", "fop_dmac"]
+from common import config_paths
+from dmac_lightning.algorithms import NAMES
+
+ALGORITHMS = list(NAMES)
 ENVS = {
-    "stochastic_game": lambda algorithm: [os.path.join(ROOT, "configs", "stochastic_game", f"{algorithm}.yaml")],
-    "smax": lambda algorithm: [
-        os.path.join(ROOT, "configs", "smax", "3m.yaml"),
-        os.path.join(ROOT, "configs", "algorithms", f"{algorithm}.yaml"),
-    ],
+    "stochastic_game": lambda name: config_paths(name),
+    "smax": lambda name: config_paths(name, "smax", "3m"),
 }
 
 

@@ -7,7 +7,8 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info
 
-from dmac_lightning.evaluation import evaluate_episodes
+from dmac_lightning.evaluation import Evaluator
+from dmac_lightning.validation import check_positive_int
 
 
 class Evaluation(pl.Callback):
@@ -15,6 +16,7 @@ class Evaluation(pl.Callback):
 
     Logged (x-axis env steps): ``eval/return``, ``eval/episode_length``, ``eval/win_rate`` where the
     env reports wins, ``eval/return_ratio`` (return / exact optimum) where the env knows its optimum.
+    ``dmac test`` plays the same settings' episodes once.
 
     Args:
         interval: evaluate whenever this many more env steps (summed over ranks) were collected.
@@ -34,15 +36,18 @@ class Evaluation(pl.Callback):
         at_start: bool = True,
         seed_offset: int = 1_000_000,
     ) -> None:
-        for name, value in (("interval", interval), ("episodes", episodes), ("n_envs", n_envs or 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"evaluation.{name} must be an integer >= 1, got {value!r}")
-        self.interval, self.episodes = interval, episodes
-        self.n_envs = n_envs or episodes
-        self.greedy, self.at_start, self.seed_offset = greedy, at_start, seed_offset
+        check_positive_int("evaluation.interval", interval)
+        self.evaluator = Evaluator(episodes, n_envs, greedy, seed_offset)
+        self.interval, self.at_start = interval, at_start
         self.next_at = 0
         self.last: dict[str, float] = {}
-        self._env = None
+
+    @property
+    def episodes(self) -> int:
+        return self.evaluator.episodes
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        pl_module.evaluator = self.evaluator  # what `dmac test` plays
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         steps = trainer.datamodule.env_steps
@@ -58,25 +63,12 @@ class Evaluation(pl.Callback):
         if self.last.get("env_steps") != trainer.datamodule.env_steps:
             self.evaluate(trainer, pl_module)
 
-    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        """Play ``episodes`` evaluation episodes with the current policy; no logging."""
-        data = trainer.datamodule
-        if self._env is None:
-            self._env = data.wrap_env(data.make_env(self.n_envs, data.seed + self.seed_offset))
-        greedy = pl_module.greedy_evaluation if self.greedy is None else self.greedy
-        was_training = pl_module.training
-        pl_module.eval()
-        metrics = evaluate_episodes(self._env, pl_module.policy("greedy" if greedy else "sample"), self.episodes, data.env_info.episode_limit)
-        pl_module.train(was_training)
-        return metrics
-
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        data = trainer.datamodule
-        steps = data.env_steps
+        steps = trainer.datamodule.env_steps
         self.next_at = (steps // self.interval + 1) * self.interval
         if not trainer.is_global_zero:
             return {}
-        metrics = self.run(trainer, pl_module)
+        metrics = self.evaluator.run(pl_module, trainer.datamodule)
         self.last = {"env_steps": steps, **metrics}
         if trainer.logger is not None:
             trainer.logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=steps)
@@ -84,6 +76,4 @@ class Evaluation(pl.Callback):
         return metrics
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._env is not None:
-            self._env.close()
-            self._env = None
+        self.evaluator.close()

@@ -1,5 +1,6 @@
 """LightningDataModules wrapping TorchRL collectors and replay buffers."""
 
-from datamodules.episodes import EpisodeDataModule, EpisodeStream, EpisodeAssembler
+from datamodules.assembler import EpisodeAssembler
+from datamodules.episodes import EpisodeDataModule, EpisodeStream
 
-__all__ = ["EpisodeDataModule", "EpisodeStream", "EpisodeAssembler"]
+__all__ = ["EpisodeAssembler", "EpisodeDataModule", "EpisodeStream"]

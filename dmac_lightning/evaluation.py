@@ -1,15 +1,18 @@
-"""Unbiased evaluation: every env runs exactly one episode per round (no bias to short episodes)."""
+"""Evaluation episodes: unbiased (every env runs exactly one episode per round, no bias to short
+episodes), on envs apart from the training envs. The ``Evaluation`` callback schedules them during
+training; ``dmac test`` plays them once."""
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from tensordict import TensorDictBase
 from torchrl.envs import EnvBase
 
 from dmac_lightning.envs.common import BATTLE_WON, BROKEN
+from dmac_lightning.validation import check_positive_int
 
 
 @torch.no_grad()
@@ -54,3 +57,41 @@ def evaluate_episodes(
     if optimum:
         metrics["return_ratio"] = metrics["return"] / optimum
     return metrics
+
+
+class Evaluator:
+    """Plays evaluation episodes with a module's current policy, on envs of its own.
+
+    Args:
+        episodes: episodes per evaluation.
+        n_envs: envs stepped in parallel (default: ``episodes``, one round).
+        greedy: greedy actions instead of sampling; ``None`` uses the algorithm's published choice.
+        seed_offset: evaluation envs are seeded ``seed + seed_offset`` (apart from training envs).
+    """
+
+    def __init__(self, episodes: int = 20, n_envs: int | None = None, greedy: bool | None = None, seed_offset: int = 1_000_000) -> None:
+        check_positive_int("evaluation.episodes", episodes)
+        if n_envs is not None:
+            check_positive_int("evaluation.n_envs", n_envs)
+        self.episodes, self.n_envs = episodes, n_envs or episodes
+        self.greedy, self.seed_offset = greedy, seed_offset
+        self._env: EnvBase | None = None
+
+    def run(self, module: Any, datamodule: Any) -> dict[str, float]:
+        """Mean return, episode length (and win rate, return ratio where the env knows them)."""
+        if self._env is None:
+            self._env = datamodule.wrap_env(datamodule.make_env(self.n_envs, datamodule.seed + self.seed_offset))
+        greedy = module.greedy_evaluation if self.greedy is None else self.greedy
+        was_training = module.training
+        module.eval()
+        try:
+            return evaluate_episodes(
+                self._env, module.policy("greedy" if greedy else "sample"), self.episodes, datamodule.env_info.episode_limit
+            )
+        finally:
+            module.train(was_training)
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None

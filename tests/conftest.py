@@ -5,6 +5,8 @@ import warnings
 import pytest
 from hypothesis import settings
 
+from dmac_lightning.algorithms import REGISTRY, algorithm
+
 # The property tests draw the same games on every run: CI must not pass or fail by the luck of the draw.
 settings.register_profile("reproducible", derandomize=True, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "reproducible"))
@@ -26,10 +28,13 @@ def dmac_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "dmac_lightning", *args]
 
 
-ALGORITHM_FILES = {
-    "coma": "Coma", "coma_dmac": "ComaDmac", "maac": "Maac", "maac_dmac": "MaacDmac", "qmix": "Qmix",
-    "qmix_dmac": "QmixDmac", "dop": "Dop", "dop_dmac": "DopDmac", "fop": "Fop", "fop_dmac": "FopDmac",
-}
+# Algorithm config name -> class name, from the one registry.
+ALGORITHM_FILES = {entry.name: entry.module.__name__ for entry in REGISTRY}
+
+
+def config_args(name: str, env: str = "stochastic_game", map_name: str | None = None) -> list[str]:
+    """``--config`` arguments of a run of algorithm ``name`` (``coma_dmac``), composed as the registry says."""
+    return [arg for path in algorithm(name).configs(env, map_name, root=CONFIGS) for arg in ("--config", path)]
 
 
 def compose_and_check(env: str, map_name: str, algorithm: str) -> None:
@@ -38,14 +43,7 @@ def compose_and_check(env: str, map_name: str, algorithm: str) -> None:
     from callbacks import Evaluation
     from dmac_lightning.cli import DMACCLI
 
-    cli = DMACCLI(
-        args=[
-            "--config", os.path.join(CONFIGS, env, f"{map_name}.yaml"),
-            "--config", os.path.join(CONFIGS, "algorithms", f"{algorithm}.yaml"),
-            "--trainer.logger", "false",
-        ],
-        run=False,
-    )
+    cli = DMACCLI(args=[*config_args(algorithm, env, map_name), "--trainer.logger", "false"], run=False)
     assert type(cli.model).__name__ == ALGORITHM_FILES[algorithm]
     assert cli.datamodule.env_name == env and cli.datamodule.env_kwargs["map_name"] == map_name
     fop_group, long_map = algorithm.startswith("fop"), map_name in ("2c_vs_64zg", "MMM2")

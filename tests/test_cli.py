@@ -10,10 +10,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import CONFIGS, SMALL_GAME, dmac_command
+from conftest import SMALL_GAME, config_args, dmac_command
 from dmac_lightning.cli import main
 
-COMA_DMAC = os.path.join(CONFIGS, "stochastic_game", "coma_dmac.yaml")
+COMA_DMAC = config_args("coma_dmac")  # --config ... on the paper's stochastic game
 TESTS = os.path.dirname(os.path.abspath(__file__))
 FAST = [
     "--data.env_kwargs", json.dumps(SMALL_GAME),
@@ -48,7 +48,7 @@ def scalars(run_dir):
 
 
 def test_fit_writes_tensorboard_and_checkpoint_then_resume_continues(tmp_path, monkeypatch, capsys):
-    run(tmp_path, "fit", "--config", COMA_DMAC, *FAST, "--data.max_env_steps", "800")
+    run(tmp_path, "fit", *COMA_DMAC, *FAST, "--data.max_env_steps", "800")
     run_dir = tmp_path / "lightning_logs" / "stochastic_game" / "ComaDmac" / "version_0"
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     assert checkpoint.exists() and (run_dir / "config.yaml").exists()
@@ -65,7 +65,7 @@ def test_fit_writes_tensorboard_and_checkpoint_then_resume_continues(tmp_path, m
     assert max(tags["train/episode_return"]) == steps_first  # x-axis: env steps, not updates
     assert 0 in tags["eval/return"]
 
-    run(tmp_path, "fit", "--config", COMA_DMAC, *FAST, "--data.max_env_steps", "1600", "--ckpt_path", "last")
+    run(tmp_path, "fit", *COMA_DMAC, *FAST, "--data.max_env_steps", "1600", "--ckpt_path", "last")
     second = torch.load(checkpoint, weights_only=True)
     assert second["EpisodeDataModule"]["env_steps"] >= 1600
     assert second["EpisodeDataModule"]["episodes"] > first["EpisodeDataModule"]["episodes"]
@@ -75,7 +75,7 @@ def test_fit_writes_tensorboard_and_checkpoint_then_resume_continues(tmp_path, m
 
     # `dmac test` evaluates the newest checkpoint of the run
     monkeypatch.chdir(tmp_path)
-    main(["test", "--config", COMA_DMAC, *FAST, "--ckpt_path", "last", "--evaluation.episodes", "6"])
+    main(["test", *COMA_DMAC, *FAST, "--ckpt_path", "last", "--evaluation.episodes", "6"])
     printed = capsys.readouterr().out
     assert "test/return" in printed and "test/return_ratio" in printed
 
@@ -85,7 +85,7 @@ def probe(name: str, **init_args) -> list[str]:
 
 
 def test_a_crash_keeps_checkpoint_and_events_and_resume_restores_everything(tmp_path):
-    crashed = run(tmp_path, "fit", "--config", COMA_DMAC, *FAST, "--data.max_env_steps", "1600",
+    crashed = run(tmp_path, "fit", *COMA_DMAC, *FAST, "--data.max_env_steps", "1600",
                   *probe("FailAt", env_steps=700), expect_ok=False)
     assert crashed.returncode != 0 and "injected failure" in crashed.stderr
     run_dir = tmp_path / "lightning_logs" / "stochastic_game" / "ComaDmac" / "version_0"
@@ -97,7 +97,7 @@ def test_a_crash_keeps_checkpoint_and_events_and_resume_restores_everything(tmp_
     assert max(tags["train/episode_return"]) >= 600 and "loss/critic" in tags
 
     dump = tmp_path / "resumed_start.pt"
-    run(tmp_path, "fit", "--config", COMA_DMAC, *FAST, "--data.max_env_steps", "1600", "--ckpt_path", "last",
+    run(tmp_path, "fit", *COMA_DMAC, *FAST, "--data.max_env_steps", "1600", "--ckpt_path", "last",
         *probe("DumpAtTrainStart", path=str(dump)))
     start = torch.load(dump, weights_only=True)
     # the resumed run starts exactly where the crash left off: pi, rho, critic, target critic, optimisers, counter
@@ -136,13 +136,13 @@ def test_python_dash_m_and_the_console_script_are_the_same_cli(tmp_path):
 def test_bad_config_fails_before_training_naming_the_field(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", COMA_DMAC, *args])
+        main(["fit", *COMA_DMAC, *args])
     assert exit_info.value.code == 2
     assert re.search(message, capsys.readouterr().err)
     assert not glob.glob(str(tmp_path / "lightning_logs" / "**" / "*.ckpt"), recursive=True)
 
 
 def test_a_config_error_exits_with_status_2_from_the_console(tmp_path):
-    result = run(tmp_path, "fit", "--config", COMA_DMAC, "--model.init_args.omega", "-0.5", expect_ok=False)
+    result = run(tmp_path, "fit", *COMA_DMAC, "--model.init_args.omega", "-0.5", expect_ok=False)
     assert result.returncode == 2
     assert "model.omega must be in [0.0, inf], got -0.5" in result.stderr

@@ -62,7 +62,7 @@ def test_rho_is_mixed_with_the_same_exploration_epsilon_as_pi():
     data.setup("fit")
     module.configure_env(data.env_info)
     episodes = module.episode_batch(data.collect())
-    log_pi, log_rho = module.log_pi(episodes).detach(), module.log_rho(episodes)
+    log_pi, log_rho = module.log_policy(module.actor, episodes).detach(), module.log_rho(episodes)
     assert module.epsilon == 0.4 and log_pi.exp().min() > 0.4 / 4 - 1e-6  # pi is the epsilon-mixed policy
     torch.testing.assert_close(log_rho, log_pi)  # rho = pi at the start, so the divergence must be zero
 
@@ -103,12 +103,12 @@ def test_dmac_targets_bootstrap_through_a_time_limit_but_not_through_a_terminati
     assembler = EpisodeAssembler(info.episode_limit)
     assembler.add(collected)
     episodes = module.episode_batch(assembler.pop(k))
-    log_pi, log_rho = module.log_pi(episodes).detach(), module.log_rho(episodes)
+    log_pi, log_rho = module.log_policy(module.actor, episodes).detach(), module.log_rho(episodes)
     torch.manual_seed(5)
     targets = module.critic_targets(episodes, log_pi, log_rho)  # [k, T, n_agents]
 
     torch.manual_seed(5)  # the same next actions: stored where the episode went on, sampled at its end
-    actions = module.bootstrap_actions(episodes, log_pi)
+    actions = episodes.bootstrap_actions(log_pi)
     assert torch.equal(actions[:, :steps], episodes.actions[:, :steps])
     q_bar = gather_actions(module.q_values(module.target_critic, episodes, actions, slice(None)), actions)  # [k, L, n]
     l = (gather_actions(log_pi, actions) - gather_actions(log_rho, actions)).sum(-1, keepdim=True)  # [k, L, 1]

@@ -7,18 +7,18 @@ import subprocess
 import pytest
 import torch
 
-from conftest import CONFIGS, ROOT, SMALL_GAME, dmac_command
+from conftest import ROOT, SMALL_GAME, config_args, dmac_command
 
 pytestmark = pytest.mark.slow
 
 
-def fit(cwd, config: str, *args: str, devices: int = 2, dump: str | None = None) -> subprocess.CompletedProcess:
+def fit(cwd, algorithm: str, *args: str, devices: int = 2, dump: str | None = None) -> subprocess.CompletedProcess:
     extra = []
     if dump is not None:
         callback = {"class_path": "ddp_probe.RankStateDump", "init_args": {"directory": dump}}
         extra = ["--trainer.callbacks+", json.dumps(callback)]
     command = dmac_command(
-        "fit", "--config", os.path.join(CONFIGS, "stochastic_game", config),
+        "fit", *config_args(algorithm),
         "--data.env_kwargs", json.dumps(SMALL_GAME),
         "--data.batch_size", "8", "--data.env_steps_per_epoch", "400",
         "--evaluation.interval", "400", "--evaluation.episodes", "4",
@@ -38,7 +38,7 @@ def checkpoint(cwd, algorithm: str) -> dict:
     return torch.load(path, weights_only=True)
 
 
-@pytest.mark.parametrize("config, algorithm", [("coma_dmac.yaml", "ComaDmac"), ("qmix_dmac.yaml", "QmixDmac")])
+@pytest.mark.parametrize("config, algorithm", [("coma_dmac", "ComaDmac"), ("qmix_dmac", "QmixDmac")])
 def test_two_rank_ddp_run_keeps_ranks_identical_and_counts_globally(tmp_path, config, algorithm):
     dump = str(tmp_path / "dump")
     fit(tmp_path, config, "--data.max_env_steps", "1200", dump=dump)
@@ -66,14 +66,14 @@ def test_two_rank_ddp_run_keeps_ranks_identical_and_counts_globally(tmp_path, co
 
 
 def test_resume_a_two_rank_checkpoint_on_one_rank_and_back_on_two(tmp_path):
-    fit(tmp_path, "coma_dmac.yaml", "--data.max_env_steps", "800")
+    fit(tmp_path, "coma_dmac", "--data.max_env_steps", "800")
     before = checkpoint(tmp_path, "ComaDmac")["EpisodeDataModule"]["env_steps"]
     assert before >= 800
-    fit(tmp_path, "coma_dmac.yaml", "--data.max_env_steps", "1600", "--ckpt_path", "last", devices=1)
+    fit(tmp_path, "coma_dmac", "--data.max_env_steps", "1600", "--ckpt_path", "last", devices=1)
     after = checkpoint(tmp_path, "ComaDmac")
     assert after["EpisodeDataModule"]["env_steps"] >= 1600
     assert after["EpisodeDataModule"]["world_size"] == 1
-    fit(tmp_path, "coma_dmac.yaml", "--data.max_env_steps", "2400", "--ckpt_path", "last", devices=2)
+    fit(tmp_path, "coma_dmac", "--data.max_env_steps", "2400", "--ckpt_path", "last", devices=2)
     again = checkpoint(tmp_path, "ComaDmac")
     assert again["EpisodeDataModule"]["env_steps"] >= 2400 and again["EpisodeDataModule"]["world_size"] == 2
     assert again["EpisodeDataModule"]["episodes"] > after["EpisodeDataModule"]["episodes"]

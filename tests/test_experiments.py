@@ -22,8 +22,23 @@ def test_plan_covers_configs_variants_and_seeds():
         sweep.plan(["a.yaml"], [0], vary="omega")
 
 
+def test_algorithms_run_with_the_config_files_the_registry_composes(tmp_path):
+    (game,) = sweep.plan(sweep.algorithm_configs(["coma_dmac"]), [0])
+    assert game.configs == (
+        "configs/algorithms/coma_dmac.yaml", "configs/stochastic_game/game.yaml", "configs/stochastic_game/dmac.yaml"
+    )
+    (baseline,) = sweep.plan(sweep.algorithm_configs(["coma"]), [0])
+    assert baseline.configs == ("configs/algorithms/coma.yaml", "configs/stochastic_game/game.yaml")
+    (smax,) = sweep.plan(sweep.algorithm_configs(["qmix_dmac"], "smax", "3m"), [1])
+    assert smax.configs == ("configs/smax/3m.yaml", "configs/algorithms/qmix_dmac.yaml") and smax.label == "qmix_dmac"
+    argv = sweep.command(smax, str(tmp_path), "sw", ["--config", "extra.yaml"])
+    configs = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--config"]
+    assert configs == ["configs/smax/3m.yaml", "configs/algorithms/qmix_dmac.yaml", "extra.yaml"]  # extras last
+    assert len(sweep.plan(sweep.algorithm_configs(["all"]), [0])) == 10
+
+
 def test_runs_are_skipped_when_done_and_resumed_from_their_checkpoint(tmp_path, monkeypatch):
-    run = sweep.plan(["configs/stochastic_game/coma.yaml"], [2])[0]
+    run = sweep.plan(sweep.algorithm_configs(["coma"]), [2])[0]
     directory = run.directory(str(tmp_path), "sw")
     assert directory == str(tmp_path / "sw" / "coma" / "seed_2")
     fresh = sweep.command(run, str(tmp_path), "sw", ["--data.max_env_steps", "10"])

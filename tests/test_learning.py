@@ -5,17 +5,17 @@ import os
 
 import pytest
 
-from conftest import CONFIGS, SMALL_GAME
+from conftest import SMALL_GAME, config_args
 from dmac_lightning.cli import DMACCLI
 from dmac_lightning.evaluation import evaluate_episodes
 
 pytestmark = pytest.mark.slow
 
 
-def train(config: str, *overrides: str):
+def train(configs: list[str], *overrides: str):
     cli = DMACCLI(
         args=[
-            "--config", os.path.join(CONFIGS, config),
+            *configs,
             "--data.env_kwargs", json.dumps(SMALL_GAME),
             "--trainer.enable_progress_bar", "false",
             "--trainer.logger", "false",
@@ -50,7 +50,7 @@ def test_dmac_variant_reaches_90_percent_of_the_exact_optimum(config, tmp_path, 
     # 2 agents x 3 actions, 3 states, 5 steps; a larger actor learning rate than the paper's 1e-4
     # so that 20k env steps (about 30 s on 2 cores) suffice. Random play gets about 0.2.
     cli = train(
-        f"stochastic_game/{config}.yaml",
+        config_args(config),
         "--data.max_env_steps", "20000", "--data.batch_size", "16",
         "--model.init_args.lr_actor", "1e-3", "--evaluation.interval", "20000",
     )
@@ -70,8 +70,7 @@ def test_qmix_dmac_learns_to_win_on_smax_3m(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = DMACCLI(
         args=[
-            "--config", os.path.join(CONFIGS, "smax", "3m.yaml"),
-            "--config", os.path.join(CONFIGS, "algorithms", "qmix_dmac.yaml"),
+            *config_args("qmix_dmac", "smax", "3m"),
             "--data.n_envs", "32", "--data.episodes_per_collect", "32", "--data.updates_per_collect", "8",
             "--model.init_args.lr_actor", "5e-4", "--model.init_args.lr_critic", "5e-4",
             "--model.init_args.omega", "0.1", "--data.max_env_steps", "75000", "--evaluation.interval", "1000000", "--evaluation.at_start", "false",

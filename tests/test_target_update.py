@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from callbacks.target_update import TargetNetworkUpdate, soft_update, target_policy_update
+from callbacks import TargetNetworkUpdate, soft_update, target_policy_update
 
 
 class Pair(nn.Module):

@@ -23,18 +23,15 @@ from tensordict import TensorDictBase
 from torch import nn
 
 from dmac_lightning import divergence
-from dmac_lightning.algorithms.base import (
-    EpisodeBatch,
-    MultiAgentModule,
-    check_range,
-    dmac_callbacks,
-    freeze,
-    hard_target_callbacks,
-)
+from dmac_lightning.algorithms.base import MultiAgentModule
+from dmac_lightning.algorithms.dmac import DivergenceRegularized
+from dmac_lightning.algorithms.episodes import EpisodeBatch
 from dmac_lightning.envs.common import EnvInfo
 from dmac_lightning.networks import FOPMixer, individual_critic_inputs, mlp
 from dmac_lightning.policy import gather_actions, linear_schedule, sample
 from dmac_lightning.returns import lambda_returns, masked_mean
+from dmac_lightning.targets import freeze, hard_target_updates
+from dmac_lightning.validation import INF, check_positive_int, check_range
 
 
 class Fop(MultiAgentModule):
@@ -54,6 +51,7 @@ class Fop(MultiAgentModule):
     """
 
     evaluates_greedily = True
+    target_networks = ("critics", "mixers")
 
     def __init__(
         self,
@@ -70,18 +68,15 @@ class Fop(MultiAgentModule):
         epsilon_anneal_steps: int = 50_000,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        check_range("td_lambda", td_lambda, 0.0, 1.0)
-        check_range("alpha_start", alpha_start, 0.0, float("inf"), low_open=True)
-        check_range("alpha_finish", alpha_finish, 0.0, float("inf"), low_open=True)
-        if target_update_interval < 1:
-            raise ValueError(f"model.target_update_interval must be >= 1, got {target_update_interval!r}")
-        self.save_hyperparameters()
+        super().__init__(epsilon_start=epsilon_start, epsilon_finish=epsilon_finish, epsilon_anneal_steps=epsilon_anneal_steps, **kwargs)
+        check_range("model.td_lambda", td_lambda, 0.0, 1.0)
+        check_range("model.alpha_start", alpha_start, 0.0, INF, low_open=True)
+        check_range("model.alpha_finish", alpha_finish, 0.0, INF, low_open=True)
+        check_positive_int("model.target_update_interval", target_update_interval)
         self.td_lambda = td_lambda
         self.alpha_schedule = (alpha_start, alpha_finish, alpha_anneal_steps)
         self.critic_hidden_dims, self.mixer_heads, self.mixing_embed_dim = list(critic_hidden_dims), mixer_heads, mixing_embed_dim
         self.target_update_interval = target_update_interval
-        self.explore_with_epsilon(epsilon_start, epsilon_finish, epsilon_anneal_steps)
 
     def build(self, info: EnvInfo) -> None:
         self.actor = self.make_agent_network()
@@ -99,10 +94,11 @@ class Fop(MultiAgentModule):
         return [critic, self.rmsprop(self.actor.parameters(), self.lr_actor)]
 
     def configure_callbacks(self) -> list:
-        return hard_target_callbacks("critics", "mixers", every_n_episodes=self.target_update_interval)
+        return hard_target_updates(*self.target_networks, every_n_episodes=self.target_update_interval)
 
     @property
     def alpha(self) -> float:
+        """The entropy temperature now."""
         return linear_schedule(*self.alpha_schedule, step=self.env_steps)
 
     def individual_q(self, critics: nn.ModuleList, episodes: EpisodeBatch) -> list[torch.Tensor]:
@@ -142,28 +138,24 @@ class Fop(MultiAgentModule):
             totals.append(mixer(gather_actions(q_values, actions), self.soft_values(q_values, rho), state, actions))
         return torch.minimum(*totals) if minimum else totals
 
-    def log_rho(self, episodes: EpisodeBatch) -> torch.Tensor | None:
-        return None
-
     def update(self, batch: TensorDictBase) -> None:
-        critic_optimizer, actor_optimizer = self.optimizers()
         episodes = self.episode_batch(batch)
-        steps = slice(0, episodes.steps)
+        steps = episodes.decisions
         log_rho = self.log_rho(episodes)
 
         # FOP updates the actor first, then the critic with the updated policy.
-        log_pi = self.log_policy(self.actor, episodes, "explore")
+        log_pi = self.log_policy(self.actor, episodes)
         with torch.no_grad():
             q_values = torch.minimum(*self.individual_q(self.critics, episodes))[:, steps]
         actor_loss = self.actor_objective(log_pi[:, steps], q_values, None if log_rho is None else log_rho[:, steps], episodes.step_mask)
-        self.optimizer_step(actor_optimizer, actor_loss)
+        self.optimizer_step(self.actor_optimizer, actor_loss)
 
         with torch.no_grad():
-            log_pi = self.log_policy(self.actor, episodes, "explore")
+            log_pi = self.log_policy(self.actor, episodes)
             targets = self.critic_targets(episodes, log_pi, log_rho)
         q_tots = self.mixed_q(self.critics, self.mixers, episodes, episodes.actions[:, steps], log_rho, steps, minimum=False)
         critic_loss = sum(masked_mean((q_tot - targets) ** 2, episodes.joint_step_mask) for q_tot in q_tots)
-        self.optimizer_step(critic_optimizer, critic_loss)
+        self.optimizer_step(self.critic_optimizer, critic_loss)
         self.record(
             **{
                 "loss/critic": critic_loss,
@@ -171,67 +163,30 @@ class Fop(MultiAgentModule):
                 "critic/q_taken": masked_mean(q_tots[0].detach(), episodes.joint_step_mask),
                 "critic/target": masked_mean(targets, episodes.joint_step_mask),
                 "actor/entropy": masked_mean(-(log_pi.exp() * log_pi).sum(-1)[:, steps], episodes.step_mask),
+                "train/alpha": self.alpha,
+                "train/epsilon": self.epsilon,
             }
         )
-        self.record_regularizer(episodes, log_pi, log_rho)
-
-    def record_regularizer(self, episodes: EpisodeBatch, log_pi: torch.Tensor, log_rho: torch.Tensor | None) -> None:
-        self.record(**{"train/alpha": self.alpha, "train/epsilon": self.epsilon})
 
 
-class FopDmac(Fop):
+class FopDmac(DivergenceRegularized, Fop):
     """FOP+DMAC: FOP's networks with every ``alpha log pi_i`` replaced by ``omega log(pi_i / rho_i)``.
 
+    ``omega`` must be > 0: it is also the soft value's temperature (logged as ``train/alpha``).
+
     Args:
-        omega: regularisation coefficient, > 0 (it is also the soft value's temperature).
-        tau: soft-update rate of rho, in (0, 1].
-        target_critic_tau: soft-update rate of the target critics and mixers (default ``tau``).
-        td_lambda: TD(lambda) factor of the critic targets, in [0, 1].
-        critic_hidden_dims, mixer_heads, mixing_embed_dim: FOP's network settings.
-        epsilon_start, epsilon_finish, epsilon_anneal_steps: optional extra exploration (off).
-        **kwargs: shared settings of :class:`MultiAgentModule`.
+        **kwargs: the +DMAC settings of :class:`DivergenceRegularized` (omega, tau, ...) and FOP's.
     """
 
-    evaluates_greedily = False  # every +DMAC policy is evaluated by sampling (App. C.3)
+    def __init__(self, **kwargs: Any) -> None:
+        # Not used: omega takes the entropy temperature's place; the target networks are soft.
+        super().__init__(alpha_start=1.0, alpha_finish=1.0, alpha_anneal_steps=1, target_update_interval=1, **kwargs)
+        if self.omega <= 0:
+            raise ValueError(f"model.omega must be > 0 for FopDmac (it is the soft value's temperature), got {self.omega!r}")
 
-    def __init__(
-        self,
-        omega: float = 0.2,
-        tau: float = 0.01,
-        target_critic_tau: float | None = None,
-        td_lambda: float = 0.8,
-        critic_hidden_dims: list[int] = [64, 64],  # noqa: B006
-        mixer_heads: int = 4,
-        mixing_embed_dim: int = 32,
-        epsilon_start: float = 0.0,
-        epsilon_finish: float = 0.0,
-        epsilon_anneal_steps: int = 1,
-        **kwargs: Any,
-    ) -> None:
-        if omega <= 0:
-            raise ValueError(f"model.omega must be > 0 for FopDmac (it is the soft value's temperature), got {omega!r}")
-        super().__init__(
-            td_lambda=td_lambda,
-            critic_hidden_dims=critic_hidden_dims,
-            mixer_heads=mixer_heads,
-            mixing_embed_dim=mixing_embed_dim,
-            epsilon_start=epsilon_start,
-            epsilon_finish=epsilon_finish,
-            epsilon_anneal_steps=epsilon_anneal_steps,
-            **kwargs,
-        )
-        self.save_hyperparameters()
-        self.regularize_with_divergence(omega, tau, target_critic_tau)
-
-    def build(self, info: EnvInfo) -> None:
-        super().build(info)
-        self.add_target_policy()
-
-    def configure_callbacks(self) -> list:
-        return dmac_callbacks(self.tau, self.target_critic_tau, "critics", "mixers")
-
-    def log_rho(self, episodes: EpisodeBatch) -> torch.Tensor:
-        return self.log_target_policy(episodes)
+    @property
+    def alpha(self) -> float:
+        return self.omega
 
     def soft_values(self, q_values: torch.Tensor, log_rho: torch.Tensor | None) -> torch.Tensor:
         return divergence.soft_value(q_values, self.omega, log_rho)
@@ -240,15 +195,6 @@ class FopDmac(Fop):
         return divergence.expected_regularized_loss(log_pi, q_values, self.omega, log_rho, mask)
 
     def critic_targets(self, episodes: EpisodeBatch, log_pi: torch.Tensor, log_rho: torch.Tensor | None) -> torch.Tensor:
-        next_actions = self.bootstrap_actions(episodes, log_pi)
-        next_q_tot = self.mixed_q(self.target_critics, self.target_mixers, episodes, next_actions, log_rho, slice(None))
-        log_ratio = divergence.joint_log_ratio(gather_actions(log_pi, next_actions), gather_actions(log_rho, next_actions))
-        return divergence.critic_targets(
-            episodes.reward, episodes.terminated, episodes.joint_step_mask, next_q_tot[:, 1:], log_ratio[:, 1:],
-            self.gamma, self.omega, self.td_lambda,
-        )
-
-    def record_regularizer(self, episodes: EpisodeBatch, log_pi: torch.Tensor, log_rho: torch.Tensor | None) -> None:
-        steps = slice(0, episodes.steps)
-        kl = divergence.kl_divergence(log_pi[:, steps], log_rho[:, steps])
-        self.record(**{"dmac/kl_pi_rho": masked_mean(kl, episodes.step_mask)})
+        actions = episodes.bootstrap_actions(log_pi)
+        values = self.mixed_q(self.target_critics, self.target_mixers, episodes, actions, log_rho, slice(None))
+        return self.regularized_targets(episodes, values, actions, log_pi, log_rho)

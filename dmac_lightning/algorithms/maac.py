@@ -23,17 +23,15 @@ import torch
 from tensordict import TensorDictBase
 
 from dmac_lightning import divergence
-from dmac_lightning.algorithms.base import (
-    EpisodeBatch,
-    MultiAgentModule,
-    check_range,
-    dmac_callbacks,
-    freeze,
-)
+from dmac_lightning.algorithms.base import MultiAgentModule
+from dmac_lightning.algorithms.dmac import DivergenceRegularized
+from dmac_lightning.algorithms.episodes import EpisodeBatch
 from dmac_lightning.envs.common import EnvInfo
 from dmac_lightning.networks import AttentionCritic, agent_input_dim, agent_inputs
 from dmac_lightning.policy import gather_actions, sample
 from dmac_lightning.returns import lambda_returns, masked_mean
+from dmac_lightning.targets import freeze, soft_target_updates, target_policy_update
+from dmac_lightning.validation import INF, check_range
 
 
 class Maac(MultiAgentModule):
@@ -42,6 +40,7 @@ class Maac(MultiAgentModule):
     Args:
         alpha: entropy temperature (MAAC: 1 / reward_scale = 0.01).
         tau: soft-update rate of the target policy and the target critic (MAAC: 0.001).
+        td_lambda: TD(lambda) factor of the critic targets (MAAC's are one-step: 0).
         critic_hidden_dim: width of the critic's encoders and GRU.
         attention_heads: attention heads of the critic.
         attention_dim: size of each attention head (paper: 32).
@@ -50,10 +49,13 @@ class Maac(MultiAgentModule):
         **kwargs: shared settings of :class:`MultiAgentModule`.
     """
 
+    target_networks = ("critic",)
+
     def __init__(
         self,
         alpha: float = 0.01,
         tau: float = 0.001,
+        td_lambda: float = 0.0,
         critic_hidden_dim: int = 128,
         attention_heads: int = 4,
         attention_dim: int = 32,
@@ -62,16 +64,16 @@ class Maac(MultiAgentModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        check_range("alpha", alpha, 0.0, float("inf"))
-        check_range("tau", tau, 0.0, 1.0, low_open=True)
-        self.save_hyperparameters()
-        self.alpha, self.tau = alpha, tau
+        check_range("model.alpha", alpha, 0.0, INF)
+        check_range("model.tau", tau, 0.0, 1.0, low_open=True)
+        check_range("model.td_lambda", td_lambda, 0.0, 1.0)
+        self.alpha, self.tau, self.td_lambda = alpha, tau, td_lambda
         self.critic_hidden_dim, self.attention_heads, self.attention_dim = critic_hidden_dim, attention_heads, attention_dim
         self.attention_regularization, self.policy_regularization = attention_regularization, policy_regularization
 
     def build(self, info: EnvInfo) -> None:
         self.actor = self.make_agent_network()
-        self.add_target_policy()  # MAAC's own target policy (rho in MAAC+DMAC)
+        self.target_actor = freeze(copy.deepcopy(self.actor))  # MAAC's own target policy (rho in MAAC+DMAC)
         input_dim = agent_input_dim(info.obs_dim, info.n_agents, info.n_actions, self.last_action_input)
         self.critic = AttentionCritic(
             input_dim, info.n_agents, info.n_actions, self.critic_hidden_dim, self.attention_heads, self.attention_dim
@@ -82,23 +84,34 @@ class Maac(MultiAgentModule):
         return [self.rmsprop(self.critic.parameters(), self.lr_critic), self.rmsprop(self.actor.parameters(), self.lr_actor)]
 
     def configure_callbacks(self) -> list:
-        return dmac_callbacks(self.tau, self.tau, "critic")  # MAAC's target policy: the same soft rule
+        return [target_policy_update(self.tau), *soft_target_updates(self.tau, *self.target_networks)]
 
+    def log_rho(self, episodes: EpisodeBatch) -> torch.Tensor:
+        """MAAC's target policy ``mu`` over stored histories."""
+        with torch.no_grad():
+            return self.log_policy(self.target_actor, episodes)
+
+    def actor_actions(self, episodes: EpisodeBatch, log_pi: torch.Tensor) -> torch.Tensor:
+        return sample(log_pi[:, episodes.decisions])  # MAAC's actor samples from the current policies
+
+    # -- critic ---------------------------------------------------------------------------------
     def histories(self, critic: AttentionCritic, episodes: EpisodeBatch) -> torch.Tensor:
         last_actions = episodes.last_actions if self.last_action_input else None
         return critic.encode(agent_inputs(episodes.observation, last_actions))
 
-    # -- hooks that differ between MAAC and MAAC+DMAC -------------------------------------------
-    def critic_targets(
-        self, episodes: EpisodeBatch, target_histories: torch.Tensor, log_pi: torch.Tensor, log_rho: torch.Tensor
-    ) -> torch.Tensor:
-        next_actions = sample(log_rho)  # a' ~ MAAC's target policy
-        next_q = gather_actions(self.target_critic(target_histories, next_actions)[0], next_actions)
-        soft_next = (next_q - self.alpha * gather_actions(log_rho, next_actions))[:, 1:]
+    def target_values(self, episodes: EpisodeBatch, actions: torch.Tensor) -> torch.Tensor:
+        """The target critic at ``actions`` for every slot, one value per agent ``[B, L, n]``."""
+        return gather_actions(self.target_critic(self.histories(self.target_critic, episodes), actions)[0], actions)
+
+    def critic_targets(self, episodes: EpisodeBatch, log_pi: torch.Tensor, log_rho: torch.Tensor) -> torch.Tensor:
+        """Soft targets with next actions from the target policy ``mu``, ``[B, T, n]``."""
+        actions = sample(log_rho)
+        soft_next = (self.target_values(episodes, actions) - self.alpha * gather_actions(log_rho, actions))[:, 1:]
         return lambda_returns(
-            episodes.reward[..., None], episodes.terminated[..., None], episodes.step_mask, soft_next, self.gamma, 0.0
+            episodes.reward[..., None], episodes.terminated[..., None], episodes.step_mask, soft_next, self.gamma, self.td_lambda
         )
 
+    # -- actor ----------------------------------------------------------------------------------
     def advantage(
         self, q_alternatives: torch.Tensor, actions: torch.Tensor, log_pi: torch.Tensor, log_rho: torch.Tensor
     ) -> torch.Tensor:
@@ -108,36 +121,33 @@ class Maac(MultiAgentModule):
 
     # -- the update -----------------------------------------------------------------------------
     def update(self, batch: TensorDictBase) -> None:
-        critic_optimizer, actor_optimizer = self.optimizers()
         episodes = self.episode_batch(batch)
-        steps = slice(0, episodes.steps)
+        steps = episodes.decisions
         logits = self.unroll(self.actor, episodes)
-        log_pi = self.policy_log_probs(logits, episodes.available, "sample")
-        log_rho = self.log_target_policy(episodes)
+        log_pi = self.policy_log_probs(logits, episodes.available, "explore")
+        log_rho = self.log_rho(episodes)
         with torch.no_grad():
-            targets = self.critic_targets(episodes, self.histories(self.target_critic, episodes), log_pi.detach(), log_rho)
+            targets = self.critic_targets(episodes, log_pi.detach(), log_rho)
 
-        histories = self.histories(self.critic, episodes)
-        q_values, attention_logits = self.critic(histories[:, steps], episodes.actions[:, steps])
-        q_taken = gather_actions(q_values, episodes.actions[:, steps])
+        taken = episodes.actions[:, steps]
+        q_values, attention_logits = self.critic(self.histories(self.critic, episodes)[:, steps], taken)
+        q_taken = gather_actions(q_values, taken)
         critic_loss = masked_mean((q_taken - targets) ** 2, episodes.step_mask)
         regularizer = self.attention_regularization * (attention_logits**2).mean() if attention_logits.numel() else 0.0
-        self.optimizer_step(critic_optimizer, critic_loss + regularizer)
+        self.optimizer_step(self.critic_optimizer, critic_loss + regularizer)
 
+        actions = self.actor_actions(episodes, log_pi.detach())
         with torch.no_grad():  # the actor follows the critic as it is after its step (encoder included)
-            actions = sample(log_pi[:, steps].detach())
             q_alternatives, _ = self.critic(self.histories(self.critic, episodes)[:, steps], actions)
         advantage = self.advantage(q_alternatives, actions, log_pi[:, steps].detach(), log_rho[:, steps])
         actor_loss = divergence.policy_gradient_loss(advantage, gather_actions(log_pi[:, steps], actions), episodes.step_mask)
         logit_penalty = self.policy_regularization * masked_mean((logits[:, steps] ** 2).mean(-1), episodes.step_mask)
-        self.optimizer_step(actor_optimizer, actor_loss + logit_penalty)
+        self.optimizer_step(self.actor_optimizer, actor_loss + logit_penalty)
 
-        kl = divergence.kl_divergence(log_pi[:, steps].detach(), log_rho[:, steps])
         self.record(
             **{
                 "loss/critic": critic_loss,
                 "loss/actor": actor_loss,
-                "dmac/kl_pi_rho": masked_mean(kl, episodes.step_mask),
                 "critic/q_taken": masked_mean(q_taken.detach(), episodes.step_mask),
                 "critic/target": masked_mean(targets, episodes.step_mask),
                 "actor/advantage_abs": masked_mean(advantage.abs(), episodes.step_mask),
@@ -145,60 +155,20 @@ class Maac(MultiAgentModule):
         )
 
 
-class MaacDmac(Maac):
+class MaacDmac(DivergenceRegularized, Maac):
     """MAAC+DMAC: MAAC's networks; its target policy becomes rho; DMAC's critic and actor updates.
 
     Args:
-        omega: regularisation coefficient, >= 0.
-        tau: soft-update rate of rho, in (0, 1].
-        target_critic_tau: soft-update rate of the target critic (default ``tau``).
-        td_lambda: TD(lambda) factor of the critic targets (MAAC's are one-step: 0).
-        critic_hidden_dim, attention_heads, attention_dim, attention_regularization,
-            policy_regularization: MAAC's network settings.
-        **kwargs: shared settings of :class:`MultiAgentModule`.
+        **kwargs: the +DMAC settings of :class:`DivergenceRegularized` (omega, tau, ...) and MAAC's
+            (``tau`` is rho's rate; the target critic's is ``target_critic_tau``).
     """
 
-    def __init__(
-        self,
-        omega: float = 0.2,
-        tau: float = 0.01,
-        target_critic_tau: float | None = None,
-        td_lambda: float = 0.0,
-        critic_hidden_dim: int = 128,
-        attention_heads: int = 4,
-        attention_dim: int = 32,
-        attention_regularization: float = 1e-3,
-        policy_regularization: float = 1e-3,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            alpha=0.0,
-            tau=tau,
-            critic_hidden_dim=critic_hidden_dim,
-            attention_heads=attention_heads,
-            attention_dim=attention_dim,
-            attention_regularization=attention_regularization,
-            policy_regularization=policy_regularization,
-            **kwargs,
-        )
-        check_range("td_lambda", td_lambda, 0.0, 1.0)
-        self.save_hyperparameters()
-        self.regularize_with_divergence(omega, tau, target_critic_tau)
-        self.td_lambda = td_lambda
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(alpha=0.0, **kwargs)  # no entropy term: the divergence regulariser replaces it
 
-    def configure_callbacks(self) -> list:
-        return dmac_callbacks(self.tau, self.target_critic_tau, "critic")
-
-    def critic_targets(
-        self, episodes: EpisodeBatch, target_histories: torch.Tensor, log_pi: torch.Tensor, log_rho: torch.Tensor
-    ) -> torch.Tensor:
-        next_actions = self.bootstrap_actions(episodes, log_pi)
-        target_q = gather_actions(self.target_critic(target_histories, next_actions)[0], next_actions)[:, 1:]
-        log_ratio = divergence.joint_log_ratio(gather_actions(log_pi, next_actions), gather_actions(log_rho, next_actions))
-        return divergence.critic_targets(
-            episodes.reward[..., None], episodes.terminated[..., None], episodes.step_mask, target_q,
-            log_ratio[:, 1:, None], self.gamma, self.omega, self.td_lambda,
-        )
+    def critic_targets(self, episodes: EpisodeBatch, log_pi: torch.Tensor, log_rho: torch.Tensor) -> torch.Tensor:
+        actions = episodes.bootstrap_actions(log_pi)
+        return self.regularized_targets(episodes, self.target_values(episodes, actions), actions, log_pi, log_rho)
 
     def advantage(
         self, q_alternatives: torch.Tensor, actions: torch.Tensor, log_pi: torch.Tensor, log_rho: torch.Tensor

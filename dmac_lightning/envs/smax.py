@@ -23,6 +23,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
 from dmac_lightning.envs.common import ACTION, EnvInfo, multi_agent_specs
+from dmac_lightning.validation import check_positive_int
 
 INSTALL = "pip install 'jaxmarl==0.2.0'   (or: pip install -e '.[smax]')"
 PAPER_MAPS = ("3m", "8m", "2s3z", "3s5z", "5m_vs_6m", "3s_vs_3z")
@@ -44,9 +45,7 @@ def check_config(config: dict[str, Any]) -> None:
     scenarios = _scenarios()
     if map_name not in scenarios:
         raise ValueError(f"smax: unknown map {map_name!r}; allowed values: {', '.join(sorted(scenarios))}")
-    max_steps = config.get("max_steps", 100)
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"smax: max_steps must be an integer >= 1, got {max_steps!r}")
+    check_positive_int("data.env_kwargs.max_steps", config.get("max_steps", 100))
 
 
 def _scenarios() -> dict:

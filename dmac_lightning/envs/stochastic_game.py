@@ -27,6 +27,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
 from dmac_lightning.envs.common import ACTION, STATE, EnvInfo, multi_agent_specs
+from dmac_lightning.validation import INF, check_positive_int, check_range
 
 
 def generate_game(
@@ -116,22 +117,15 @@ class StochasticGameEnv(EnvBase):
     def check_config(config: dict) -> None:
         """Raise a ``ValueError`` naming the first invalid field of a (partial) configuration."""
         for name in ("n_envs", "n_states", "n_agents", "n_actions", "episode_limit"):
-            value = config.get(name, 1)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"stochastic_game: {name} must be an integer >= 1, got {value!r}")
+            check_positive_int(f"data.env_kwargs.{name}", config.get(name, 1))
         n_joint = config.get("n_actions", 5) ** config.get("n_agents", 3)
         if n_joint > 1_000_000:
             raise ValueError(
                 f"stochastic_game: n_actions ** n_agents = {n_joint} joint actions is too many for the exact "
                 "tabular game (at most 1,000,000)"
             )
-        if not 0.0 <= config.get("bonus_fraction", 0.5) <= 1.0:
-            raise ValueError(f"stochastic_game: bonus_fraction must be in [0, 1], got {config['bonus_fraction']!r}")
-        if config.get("transition_concentration", 0.5) <= 0:
-            raise ValueError(
-                "stochastic_game: transition_concentration must be > 0, "
-                f"got {config['transition_concentration']!r}"
-            )
+        check_range("data.env_kwargs.bonus_fraction", config.get("bonus_fraction", 0.5), 0.0, 1.0)
+        check_range("data.env_kwargs.transition_concentration", config.get("transition_concentration", 0.5), 0.0, INF, low_open=True)
 
     # -- what the game knows about itself ---------------------------------------------------------
     @property

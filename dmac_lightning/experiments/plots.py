@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FAMILIES = ("coma", "maac", "qmix", "dop", "fop")
+from dmac_lightning.algorithms.registry import FAMILIES, algorithm
+
 # Two-sided 95% Student-t quantiles for 1..30 degrees of freedom; 1.96 beyond.
 _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
@@ -125,8 +126,7 @@ def plot_families(groups: dict[str, RunGroup], tag: str, path: str, ylabel: str)
             if curve is None:
                 continue
             steps, mean, ci = curve
-            name = family.upper() + ("+DMAC" if label.endswith("_dmac") else "")
-            axis.plot(steps, mean, color=color, label=f"{name} ({len(groups[label].seeds)} seeds)")
+            axis.plot(steps, mean, color=color, label=f"{algorithm(label).title} ({len(groups[label].seeds)} seeds)")
             axis.fill_between(steps, mean - ci, mean + ci, color=color, alpha=0.2)
         axis.set_title(family.upper())
         axis.set_xlabel("env steps")

@@ -1,5 +1,9 @@
-"""Target networks: rho <- (1 - tau) rho + tau pi after every actor step (paper Alg. 1), and the
-target critic, softly with the same rule or as a hard copy every N updates or N episodes (baselines)."""
+"""Target networks: rho <- (1 - tau) rho + tau pi after every actor step (paper Alg. 1), and target
+critics, softly with the same rule or as a hard copy every N updates or N episodes (baselines).
+
+The rule is a Lightning callback that an algorithm returns from ``configure_callbacks``; it lives in
+the library, beside the algorithms that choose it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import nn
+
+from dmac_lightning.validation import check_positive_int, check_range
 
 
 @torch.no_grad()
@@ -42,11 +48,11 @@ class TargetNetworkUpdate(pl.Callback):
     ) -> None:
         if sum(x is not None for x in (tau, every_n_updates, every_n_episodes)) != 1:
             raise ValueError("TargetNetworkUpdate: give exactly one of tau, every_n_updates and every_n_episodes")
-        if tau is not None and not 0.0 < tau <= 1.0:
-            raise ValueError(f"tau must be in (0, 1], got {tau!r}")
+        if tau is not None:
+            check_range("tau", tau, 0, 1, low_open=True)
         for name, every in (("every_n_updates", every_n_updates), ("every_n_episodes", every_n_episodes)):
-            if every is not None and every < 1:
-                raise ValueError(f"{name} must be >= 1, got {every!r}")
+            if every is not None:
+                check_positive_int(name, every)
         self.source, self.target = source, target
         self.tau, self.every_n_updates, self.every_n_episodes = tau, every_n_updates, every_n_episodes
         self.updates = 0
@@ -79,3 +85,26 @@ class TargetNetworkUpdate(pl.Callback):
 def target_policy_update(tau: float) -> TargetNetworkUpdate:
     """DMAC's target policy: ``theta~ <- (1 - tau) theta~ + tau theta`` after every actor step."""
     return TargetNetworkUpdate("actor", "target_actor", tau=tau)
+
+
+def soft_target_updates(tau: float, *networks: str) -> list[TargetNetworkUpdate]:
+    """Each ``x`` in ``networks`` soft-updates ``target_x`` with rate ``tau`` after every update."""
+    return [TargetNetworkUpdate(name, f"target_{name}", tau=tau) for name in networks]
+
+
+def hard_target_updates(
+    *networks: str, every_n_updates: int | None = None, every_n_episodes: int | None = None
+) -> list[TargetNetworkUpdate]:
+    """Copy each ``x`` in ``networks`` into ``target_x`` every ``every_n_updates`` updates or
+    ``every_n_episodes`` collected episodes (the baselines' hard target copies)."""
+    return [
+        TargetNetworkUpdate(name, f"target_{name}", every_n_updates=every_n_updates, every_n_episodes=every_n_episodes)
+        for name in networks
+    ]
+
+
+def freeze(network: nn.Module) -> nn.Module:
+    """A target network: no gradients, never in an optimiser."""
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    return network
