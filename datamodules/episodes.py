@@ -3,13 +3,14 @@
 Data flow: ``Collector`` (policy = the LightningModule's current actor, same weights, no copy)
 -> :class:`~datamodules.assembler.EpisodeAssembler` (complete, padded episodes; the stored layout is
 described there) -> ``TensorDictReplayBuffer(LazyTensorStorage)`` -> :class:`EpisodeStream` yields
-``updates_per_collect`` sampled batches after every collect.
+``episodes_per_collect x updates_per_episode`` sampled batches after every collect.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from fractions import Fraction
 from typing import Any, Iterator, Literal
 
 import pytorch_lightning as pl
@@ -24,7 +25,7 @@ from torchrl.envs import EnvBase, TensorDictPrimer, TransformedEnv
 from datamodules.assembler import EpisodeAssembler, trim_to_longest
 from datamodules.rng import restore_rng_state, rng_state
 from dmac_lightning.envs import EnvInfo, check_env_config, env_metadata, make_env
-from dmac_lightning.validation import check_positive_int
+from dmac_lightning.validation import INF, check_positive_int, check_range
 
 Regime = Literal["off_policy", "on_policy", "mixed"]
 
@@ -37,7 +38,7 @@ def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
 
 
 class EpisodeStream(IterableDataset):
-    """One training epoch: collect, then yield ``updates_per_collect`` batches, until the epoch's env steps."""
+    """One training epoch: collect, then yield the updates those episodes earned, until the epoch's env steps."""
 
     def __init__(self, datamodule: EpisodeDataModule) -> None:
         self.datamodule = datamodule
@@ -49,7 +50,7 @@ class EpisodeStream(IterableDataset):
             data.collect()
             if not data.can_sample():
                 continue
-            for _ in range(data.updates_per_collect):
+            for _ in range(data.updates_due()):
                 yield data.sample()
 
 
@@ -61,7 +62,10 @@ class EpisodeDataModule(pl.LightningDataModule):
         env_kwargs: the env's own settings (e.g. ``n_states``, ``map_name``).
         n_envs: environments stepped together in one batch.
         episodes_per_collect: complete episodes collected between two rounds of updates.
-        updates_per_collect: sampled batches (gradient updates) after every collect.
+        updates_per_episode: gradient updates (sampled batches) per collected episode, fractions allowed:
+            1/8 is PyMARL's parallel runner on SMAC (one update per 8 episodes), 1 its episode runner,
+            4 the authors' DMAC code. The updates of a collect run after it; a fraction's remainder
+            carries over to the next collect. No updates are earned before the buffer holds a batch.
         batch_size: episodes per batch.
         buffer_size: replay capacity in episodes (on-policy algorithms keep only the fresh episodes).
         max_env_steps: training stops once this many env steps (summed over ranks) were collected.
@@ -76,7 +80,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         env_kwargs: dict[str, Any] | None = None,
         n_envs: int = 8,
         episodes_per_collect: int = 8,
-        updates_per_collect: int = 1,
+        updates_per_episode: float = 0.125,
         batch_size: int = 32,
         buffer_size: int = 5000,
         max_env_steps: int = 100_000,
@@ -90,13 +94,13 @@ class EpisodeDataModule(pl.LightningDataModule):
         for name, value in (
             ("n_envs", n_envs),
             ("episodes_per_collect", episodes_per_collect),
-            ("updates_per_collect", updates_per_collect),
             ("batch_size", batch_size),
             ("buffer_size", buffer_size),
             ("max_env_steps", max_env_steps),
             ("env_steps_per_epoch", env_steps_per_epoch),
         ):
             check_positive_int(f"data.{name}", value)
+        check_range("data.updates_per_episode", updates_per_episode, 0.0, INF, low_open=True)
         if batch_size > buffer_size:
             raise ValueError(
                 f"data.batch_size ({batch_size}) is larger than the replay buffer (data.buffer_size = {buffer_size}); "
@@ -104,7 +108,9 @@ class EpisodeDataModule(pl.LightningDataModule):
             )
         self.save_hyperparameters()
         self.env_name, self.env_kwargs = env, env_kwargs
-        self.n_envs, self.episodes_per_collect, self.updates_per_collect = n_envs, episodes_per_collect, updates_per_collect
+        self.n_envs, self.episodes_per_collect = n_envs, episodes_per_collect
+        self.updates_per_episode = Fraction(updates_per_episode).limit_denominator(10_000)
+        self.update_credit = Fraction(0)  # updates earned by collected episodes and not yet run
         self.batch_size, self.buffer_size = batch_size, buffer_size
         self.max_env_steps, self.env_steps_per_epoch = max_env_steps, env_steps_per_epoch
         self._seed, self._env_device = seed, env_device
@@ -296,6 +302,13 @@ class EpisodeDataModule(pl.LightningDataModule):
         """Whether every rank's buffer holds a batch (as of the last collect, when one ran)."""
         return self._every_rank_ready if self._every_rank_ready is not None else self._buffer_ready()
 
+    def updates_due(self) -> int:
+        """The updates the last collect's episodes earned (with the carried-over fraction)."""
+        self.update_credit += self.episodes_per_collect * self.updates_per_episode
+        due = int(self.update_credit)
+        self.update_credit -= due
+        return due
+
     def sample(self) -> TensorDictBase:
         if self.regime == "on_policy":
             return trim_to_longest(self.fresh.sample())
@@ -314,6 +327,7 @@ class EpisodeDataModule(pl.LightningDataModule):
             "episodes": self.episodes,
             "collects": self.collects,
             "world_size": self.world_size,
+            "update_credit": (self.update_credit.numerator, self.update_credit.denominator),
             "rng": rng_state(),
         }
         if self.env is not None and hasattr(self.env, "checkpoint_state"):
@@ -324,6 +338,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.env_steps = int(state_dict["env_steps"])
         self.episodes = int(state_dict["episodes"])
         self.collects = int(state_dict["collects"])
+        self.update_credit = Fraction(*state_dict.get("update_credit", (0, 1)))
         if "env" in state_dict and hasattr(self.env, "load_checkpoint_state"):
             self.env.load_checkpoint_state(state_dict["env"])
         self._pending_rng = state_dict.get("rng") if state_dict.get("world_size", 1) == self.world_size == 1 else None

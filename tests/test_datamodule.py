@@ -4,7 +4,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from datamodules import EpisodeAssembler, EpisodeDataModule
+from datamodules import EpisodeAssembler, EpisodeDataModule, EpisodeStream
 from dmac_lightning.algorithms import Coma, ComaDmac
 from dmac_lightning.networks import agent_inputs, previous_actions_one_hot
 
@@ -110,6 +110,28 @@ def test_replay_buffer_samples_whole_episodes():
     assert batch.batch_size == (5, 7) and batch["filled"].shape == (5, 7)
     for episode in batch["agents", "observation"]:
         assert any(torch.equal(episode, stored) for stored in collected[-6:])  # whole episodes, newest 6 kept
+
+
+@pytest.mark.parametrize("updates_per_episode, expected", [(0.375, [1, 2, 1, 2, 1, 2]), (0.125, [0, 1, 0, 1, 0, 1]), (2, [8] * 6)])
+def test_collected_episodes_earn_updates_per_episode_with_fractions_carried_over(updates_per_episode, expected):
+    # 4 episodes of 6 steps per collect, 6 collects; the buffer holds a batch from the first collect on.
+    data = connected(ComaDmac(), updates_per_episode=updates_per_episode, max_env_steps=6 * 24, env_steps_per_epoch=6 * 24)
+    per_collect, collects = [], 0
+    for _ in EpisodeStream(data):
+        if data.collects != collects:
+            per_collect.append(0)
+            collects = data.collects
+        per_collect[-1] += 1
+    per_collect += [0] * (6 - len(per_collect))  # collects that earned no update yielded nothing
+    assert data.collects == 6 and sum(per_collect) == 6 * 4 * updates_per_episode
+    assert sorted(per_collect) == sorted(expected)
+
+
+def test_no_updates_are_earned_before_the_buffer_holds_a_batch():
+    data = connected(ComaDmac(), batch_size=10, updates_per_episode=1, max_env_steps=3 * 24, env_steps_per_epoch=3 * 24)
+    batches = list(EpisodeStream(data))
+    # 4 episodes per collect: the buffer reaches 10 at the third collect, whose 4 episodes earn 4 updates.
+    assert data.collects == 3 and len(batches) == 4
 
 
 def test_on_policy_buffer_holds_only_the_fresh_episodes():

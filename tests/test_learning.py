@@ -71,7 +71,7 @@ def test_qmix_dmac_learns_to_win_on_smax_3m(tmp_path, monkeypatch):
     cli = DMACCLI(
         args=[
             *config_args("qmix_dmac", "smax", "3m"),
-            "--data.n_envs", "32", "--data.episodes_per_collect", "32", "--data.updates_per_collect", "8",
+            "--data.n_envs", "32", "--data.episodes_per_collect", "32", "--data.updates_per_episode", "0.25",
             "--model.init_args.lr_actor", "5e-4", "--model.init_args.lr_critic", "5e-4",
             "--model.init_args.omega", "0.1", "--data.max_env_steps", "75000", "--evaluation.interval", "1000000", "--evaluation.at_start", "false",
             "--trainer.enable_progress_bar", "false", "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",

@@ -35,7 +35,7 @@ RELATIVE_TOLERANCE = 1e-6
 DATA = dict(
     env="stochastic_game",
     env_kwargs={"n_states": 10, "n_agents": 3, "n_actions": 3, "episode_limit": 10, "game_seed": 0},
-    n_envs=8, episodes_per_collect=8, updates_per_collect=4, batch_size=8, buffer_size=64,
+    n_envs=8, episodes_per_collect=8, updates_per_episode=0.5, batch_size=8, buffer_size=64,
     max_env_steps=480, env_steps_per_epoch=480, seed=0,
 )
 LOSS_TAGS = ("loss/critic", "loss/actor", "loss/q")
