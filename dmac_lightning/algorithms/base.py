@@ -2,8 +2,8 @@
 
 An algorithm subclasses :class:`MultiAgentModule`, builds its networks in ``build`` (sizes come
 from the env, known only after the data module's ``setup``), names the network that acts and the
-networks that have target copies, and writes ``update(batch)``: one round of manual optimisation on
-a batch of episodes (the family's critic and actor steps, in its order).
+networks that have target copies, and writes ``critic_step(episodes)`` and ``actor_step(episodes)``:
+one update is both, in ``update_order`` (the family's published order), on a batch of episodes.
 
 ``training_step`` takes the ``dataloader_iter`` so that Lightning does not prefetch: fetching a
 batch runs the collector, and it must run with the weights of the *previous* update, not one update
@@ -59,6 +59,8 @@ class MultiAgentModule(pl.LightningModule):
     evaluates_greedily: ClassVar[bool] = False
     # Networks ``x`` with a target copy ``target_x`` (updated by the family's target rule).
     target_networks: ClassVar[tuple[str, ...]] = ()
+    # The steps of one update, in order.
+    update_order: ClassVar[tuple[str, ...]] = ("critic", "actor")
 
     def __init__(
         self,
@@ -97,6 +99,7 @@ class MultiAgentModule(pl.LightningModule):
         self.metrics = MetricMeans()
         self.evaluator = Evaluator()  # `dmac test`'s episodes; the Evaluation callback sets the configured one
         self.updates = 0
+        self.critic_steps = 0  # critic optimiser steps (some critics take one per timestep of a batch)
 
     # -- building -------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -135,8 +138,10 @@ class MultiAgentModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["env_info"] = self.env_info.as_dict() if self.env_info else None
+        checkpoint["critic_steps"] = self.critic_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.critic_steps = checkpoint.get("critic_steps", 0)
         saved = checkpoint.get("env_info")
         if not saved:
             return
@@ -207,8 +212,17 @@ class MultiAgentModule(pl.LightningModule):
         self.update(batch.to(self.device))
 
     def update(self, batch: TensorDictBase) -> None:
-        """One round of updates on a batch of episodes (see :class:`EpisodeBatch`)."""
+        """One update on a batch of episodes: the steps of ``update_order``."""
+        episodes = self.episode_batch(batch)
+        for step in self.update_order:
+            (self.critic_step if step == "critic" else self.actor_step)(episodes)
+
+    def critic_step(self, episodes: Any) -> None:
+        """Train the critic (or the Q-networks) on ``episodes``."""
         raise NotImplementedError
+
+    def actor_step(self, episodes: Any) -> None:
+        """Train the policies on ``episodes`` (nothing for a value-based method)."""
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         """``dmac test --ckpt_path ...``: evaluation episodes as the ``evaluation`` settings say."""
@@ -255,6 +269,11 @@ class MultiAgentModule(pl.LightningModule):
         if self.grad_clip_norm > 0:
             self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip_norm, gradient_clip_algorithm="norm")
         optimizer.step()
+
+    def critic_optimizer_step(self, loss: torch.Tensor) -> None:
+        """One step of the critic's optimiser, counted in ``critic_steps``."""
+        self.optimizer_step(self.critic_optimizer, loss)
+        self.critic_steps += 1
 
     # -- logging --------------------------------------------------------------------------------
     def record(self, **metrics: torch.Tensor | float) -> None:

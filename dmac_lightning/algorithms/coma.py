@@ -17,7 +17,6 @@ import copy
 from typing import Any
 
 import torch
-from tensordict import TensorDictBase
 
 from dmac_lightning import divergence
 from dmac_lightning.algorithms.base import MultiAgentModule
@@ -101,34 +100,37 @@ class Coma(MultiAgentModule):
         q_taken = gather_actions(q_alternatives, actions)
         return q_taken - divergence.counterfactual_baseline(q_alternatives, log_pi.exp())
 
-    # -- the update -----------------------------------------------------------------------------
-    def update(self, batch: TensorDictBase) -> None:
-        episodes = self.episode_batch(batch)
+    # -- the steps ------------------------------------------------------------------------------
+    def critic_step(self, episodes: EpisodeBatch) -> None:
         steps = episodes.decisions
-        log_pi = self.log_policy(self.actor, episodes)  # as it acted, with gradient
-        log_rho = self.log_rho(episodes)
-
         with torch.no_grad():
-            targets = self.critic_targets(episodes, log_pi.detach(), log_rho)
+            targets = self.critic_targets(episodes, self.log_policy(self.actor, episodes), self.log_rho(episodes))
         taken = episodes.actions[:, steps]
         q_taken = gather_actions(self.q_values(self.critic, episodes, taken, steps), taken)
         critic_loss = masked_mean((q_taken - targets) ** 2, episodes.step_mask)
-        self.optimizer_step(self.critic_optimizer, critic_loss)
+        self.critic_optimizer_step(critic_loss)
+        self.record(
+            **{
+                "loss/critic": critic_loss,
+                "critic/q_taken": masked_mean(q_taken.detach(), episodes.step_mask),
+                "critic/target": masked_mean(targets, episodes.step_mask),
+            }
+        )
 
+    def actor_step(self, episodes: EpisodeBatch) -> None:
+        steps = episodes.decisions
+        log_pi = self.log_policy(self.actor, episodes)  # as it acted, with gradient
+        log_rho = self.log_rho(episodes)
         actions = self.actor_actions(episodes, log_pi.detach())
         with torch.no_grad():
             q_alternatives = self.q_values(self.critic, episodes, actions, steps)
         advantage = self.advantage(q_alternatives, actions, log_pi[:, steps].detach(), None if log_rho is None else log_rho[:, steps])
         actor_loss = divergence.policy_gradient_loss(advantage, gather_actions(log_pi[:, steps], actions), episodes.step_mask)
         self.optimizer_step(self.actor_optimizer, actor_loss)
-
         pi = log_pi[:, steps].detach().exp()
         self.record(
             **{
-                "loss/critic": critic_loss,
                 "loss/actor": actor_loss,
-                "critic/q_taken": masked_mean(q_taken.detach(), episodes.step_mask),
-                "critic/target": masked_mean(targets, episodes.step_mask),
                 "actor/advantage_abs": masked_mean(advantage.abs(), episodes.step_mask),
                 "actor/entropy": masked_mean(-(pi * log_pi[:, steps].detach()).sum(-1), episodes.step_mask),
                 "train/epsilon": self.epsilon,

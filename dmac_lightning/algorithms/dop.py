@@ -24,7 +24,7 @@ from tensordict import TensorDictBase
 from dmac_lightning import divergence
 from dmac_lightning.algorithms.base import MultiAgentModule
 from dmac_lightning.algorithms.dmac import DivergenceRegularized
-from dmac_lightning.algorithms.episodes import EpisodeBatch
+from dmac_lightning.algorithms.episodes import EpisodeBatch, FreshAndReplayed
 from dmac_lightning.envs.common import EnvInfo
 from dmac_lightning.networks import LinearDecompositionMixer, individual_critic_inputs, mlp
 from dmac_lightning.policy import gather_actions
@@ -117,27 +117,33 @@ class Dop(MultiAgentModule):
             expected[:, 1:], taken[:, 1:], traces[:, 1:], self.gamma,
         )
 
-    def critic_loss(self, batch: TensorDictBase) -> torch.Tensor:
+    def episode_batch(self, batch: TensorDictBase) -> EpisodeBatch | FreshAndReplayed:
+        if self.data_regime == "mixed":
+            return FreshAndReplayed(super().episode_batch(batch["fresh"]), super().episode_batch(batch["replay"]))
+        return super().episode_batch(batch)
+
+    def critic_step(self, episodes: FreshAndReplayed) -> None:
         """On-policy TD(lambda) on the fresh episodes plus tree backup on the replayed ones."""
-        fresh, replay = self.episode_batch(batch["fresh"]), self.episode_batch(batch["replay"])
+        fresh, replay = episodes
         with torch.no_grad():
             on_policy = self.critic_targets(fresh, self.log_policy(self.actor, fresh), None)
             tree_backup = self.tree_backup_targets(replay, self.log_policy(self.actor, replay))
         on_policy_loss = self.td_loss(fresh, on_policy)
         tree_backup_loss = self.td_loss(replay, tree_backup)
+        self.critic_optimizer_step(on_policy_loss + tree_backup_loss)
         self.record(
             **{
+                "loss/critic": on_policy_loss + tree_backup_loss,
                 "loss/critic_on_policy": on_policy_loss,
                 "loss/critic_tree_backup": tree_backup_loss,
                 "critic/target": masked_mean(on_policy, fresh.joint_step_mask),
             }
         )
-        return on_policy_loss + tree_backup_loss
 
     # -- the actor ------------------------------------------------------------------------------
-    def actor_episodes(self, batch: TensorDictBase) -> EpisodeBatch:
+    def actor_episodes(self, episodes: FreshAndReplayed) -> EpisodeBatch:
         """The episodes the actor learns from: the fresh ones (on-policy)."""
-        return self.episode_batch(batch["fresh"])
+        return episodes.fresh
 
     def advantage(
         self, k: torch.Tensor, q_values: torch.Tensor, actions: torch.Tensor, log_pi: torch.Tensor, log_rho: torch.Tensor | None
@@ -145,12 +151,8 @@ class Dop(MultiAgentModule):
         """DOP's LVD advantage ``k_i(s) (Q_i(s, a_i) - sum_a pi_i(a) Q_i(s, a))``."""
         return k * (gather_actions(q_values, actions) - divergence.counterfactual_baseline(q_values, log_pi.exp()))
 
-    # -- the update -----------------------------------------------------------------------------
-    def update(self, batch: TensorDictBase) -> None:
-        critic_loss = self.critic_loss(batch)
-        self.optimizer_step(self.critic_optimizer, critic_loss)
-
-        episodes = self.actor_episodes(batch)
+    def actor_step(self, episodes: FreshAndReplayed) -> None:
+        episodes = self.actor_episodes(episodes)
         steps = episodes.decisions
         log_pi = self.log_policy(self.actor, episodes)
         log_rho = self.log_rho(episodes)
@@ -163,7 +165,6 @@ class Dop(MultiAgentModule):
         self.optimizer_step(self.actor_optimizer, actor_loss)
         self.record(
             **{
-                "loss/critic": critic_loss,
                 "loss/actor": actor_loss,
                 "actor/advantage_abs": masked_mean(advantage.abs(), episodes.step_mask),
                 "train/epsilon": self.epsilon,
@@ -183,16 +184,16 @@ class DopDmac(DivergenceRegularized, Dop):
         # Not used: no tree backup (regularised TD(lambda) for all samples), soft target networks.
         super().__init__(tree_backup_lambda=0.0, target_update_interval=1, **kwargs)
 
-    def critic_loss(self, batch: TensorDictBase) -> torch.Tensor:
+    def critic_step(self, episodes: EpisodeBatch) -> None:
         """Regularised TD(lambda) on the replayed episodes."""
-        episodes = self.episode_batch(batch)
         with torch.no_grad():
             targets = self.critic_targets(episodes, self.log_policy(self.actor, episodes), self.log_rho(episodes))
-        self.record(**{"critic/target": masked_mean(targets, episodes.joint_step_mask)})
-        return self.td_loss(episodes, targets)
+        critic_loss = self.td_loss(episodes, targets)
+        self.critic_optimizer_step(critic_loss)
+        self.record(**{"loss/critic": critic_loss, "critic/target": masked_mean(targets, episodes.joint_step_mask)})
 
-    def actor_episodes(self, batch: TensorDictBase) -> EpisodeBatch:
-        return self.episode_batch(batch)
+    def actor_episodes(self, episodes: EpisodeBatch) -> EpisodeBatch:
+        return episodes
 
     def critic_targets(self, episodes: EpisodeBatch, log_pi: torch.Tensor, log_rho: torch.Tensor) -> torch.Tensor:
         actions = episodes.bootstrap_actions(log_pi)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from tensordict import TensorDictBase
 
@@ -52,3 +54,10 @@ class EpisodeBatch:
         (the bootstrap slot after a time limit, and padding). Any action is valid there for DMAC's
         critic (Prop. 4); on-policy targets want pi's."""
         return torch.where(self.filled[..., None], self.actions, sample(log_pi))
+
+
+class FreshAndReplayed(NamedTuple):
+    """A batch of the ``"mixed"`` data regime: episodes of the latest collects and replayed ones."""
+
+    fresh: EpisodeBatch
+    replay: EpisodeBatch

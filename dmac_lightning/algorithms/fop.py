@@ -19,7 +19,6 @@ import copy
 from typing import Any
 
 import torch
-from tensordict import TensorDictBase
 from torch import nn
 
 from dmac_lightning import divergence
@@ -52,6 +51,7 @@ class Fop(MultiAgentModule):
 
     evaluates_greedily = True
     target_networks = ("critics", "mixers")
+    update_order = ("actor", "critic")
 
     def __init__(
         self,
@@ -138,33 +138,38 @@ class Fop(MultiAgentModule):
             totals.append(mixer(gather_actions(q_values, actions), self.soft_values(q_values, rho), state, actions))
         return torch.minimum(*totals) if minimum else totals
 
-    def update(self, batch: TensorDictBase) -> None:
-        episodes = self.episode_batch(batch)
+    # -- the steps (FOP: the actor first, then the critic with the updated policy) --------------
+    def actor_step(self, episodes: EpisodeBatch) -> None:
         steps = episodes.decisions
         log_rho = self.log_rho(episodes)
-
-        # FOP updates the actor first, then the critic with the updated policy.
         log_pi = self.log_policy(self.actor, episodes)
         with torch.no_grad():
             q_values = torch.minimum(*self.individual_q(self.critics, episodes))[:, steps]
         actor_loss = self.actor_objective(log_pi[:, steps], q_values, None if log_rho is None else log_rho[:, steps], episodes.step_mask)
         self.optimizer_step(self.actor_optimizer, actor_loss)
+        pi_log_pi = (log_pi.exp() * log_pi).detach().sum(-1)[:, steps]
+        self.record(
+            **{
+                "loss/actor": actor_loss,
+                "actor/entropy": masked_mean(-pi_log_pi, episodes.step_mask),
+                "train/alpha": self.alpha,
+                "train/epsilon": self.epsilon,
+            }
+        )
 
+    def critic_step(self, episodes: EpisodeBatch) -> None:
+        steps = episodes.decisions
+        log_rho = self.log_rho(episodes)
         with torch.no_grad():
-            log_pi = self.log_policy(self.actor, episodes)
-            targets = self.critic_targets(episodes, log_pi, log_rho)
+            targets = self.critic_targets(episodes, self.log_policy(self.actor, episodes), log_rho)
         q_tots = self.mixed_q(self.critics, self.mixers, episodes, episodes.actions[:, steps], log_rho, steps, minimum=False)
         critic_loss = sum(masked_mean((q_tot - targets) ** 2, episodes.joint_step_mask) for q_tot in q_tots)
-        self.optimizer_step(self.critic_optimizer, critic_loss)
+        self.critic_optimizer_step(critic_loss)
         self.record(
             **{
                 "loss/critic": critic_loss,
-                "loss/actor": actor_loss,
                 "critic/q_taken": masked_mean(q_tots[0].detach(), episodes.joint_step_mask),
                 "critic/target": masked_mean(targets, episodes.joint_step_mask),
-                "actor/entropy": masked_mean(-(log_pi.exp() * log_pi).sum(-1)[:, steps], episodes.step_mask),
-                "train/alpha": self.alpha,
-                "train/epsilon": self.epsilon,
             }
         )
 

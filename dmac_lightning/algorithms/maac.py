@@ -20,7 +20,6 @@ import copy
 from typing import Any
 
 import torch
-from tensordict import TensorDictBase
 
 from dmac_lightning import divergence
 from dmac_lightning.algorithms.base import MultiAgentModule
@@ -119,40 +118,38 @@ class Maac(MultiAgentModule):
         counterfactual = gather_actions(q_alternatives, actions) - divergence.counterfactual_baseline(q_alternatives, log_pi.exp())
         return counterfactual - self.alpha * gather_actions(log_pi, actions)
 
-    # -- the update -----------------------------------------------------------------------------
-    def update(self, batch: TensorDictBase) -> None:
-        episodes = self.episode_batch(batch)
+    # -- the steps ------------------------------------------------------------------------------
+    def critic_step(self, episodes: EpisodeBatch) -> None:
         steps = episodes.decisions
-        logits = self.unroll(self.actor, episodes)
-        log_pi = self.policy_log_probs(logits, episodes.available, "explore")
-        log_rho = self.log_rho(episodes)
         with torch.no_grad():
-            targets = self.critic_targets(episodes, log_pi.detach(), log_rho)
-
+            targets = self.critic_targets(episodes, self.log_policy(self.actor, episodes), self.log_rho(episodes))
         taken = episodes.actions[:, steps]
         q_values, attention_logits = self.critic(self.histories(self.critic, episodes)[:, steps], taken)
         q_taken = gather_actions(q_values, taken)
         critic_loss = masked_mean((q_taken - targets) ** 2, episodes.step_mask)
         regularizer = self.attention_regularization * (attention_logits**2).mean() if attention_logits.numel() else 0.0
-        self.optimizer_step(self.critic_optimizer, critic_loss + regularizer)
+        self.critic_optimizer_step(critic_loss + regularizer)
+        self.record(
+            **{
+                "loss/critic": critic_loss,
+                "critic/q_taken": masked_mean(q_taken.detach(), episodes.step_mask),
+                "critic/target": masked_mean(targets, episodes.step_mask),
+            }
+        )
 
+    def actor_step(self, episodes: EpisodeBatch) -> None:
+        steps = episodes.decisions
+        logits = self.unroll(self.actor, episodes)
+        log_pi = self.policy_log_probs(logits, episodes.available, "explore")
+        log_rho = self.log_rho(episodes)
         actions = self.actor_actions(episodes, log_pi.detach())
-        with torch.no_grad():  # the actor follows the critic as it is after its step (encoder included)
+        with torch.no_grad():  # the critic as it is now (after its step, in MAAC's order), encoder included
             q_alternatives, _ = self.critic(self.histories(self.critic, episodes)[:, steps], actions)
         advantage = self.advantage(q_alternatives, actions, log_pi[:, steps].detach(), log_rho[:, steps])
         actor_loss = divergence.policy_gradient_loss(advantage, gather_actions(log_pi[:, steps], actions), episodes.step_mask)
         logit_penalty = self.policy_regularization * masked_mean((logits[:, steps] ** 2).mean(-1), episodes.step_mask)
         self.optimizer_step(self.actor_optimizer, actor_loss + logit_penalty)
-
-        self.record(
-            **{
-                "loss/critic": critic_loss,
-                "loss/actor": actor_loss,
-                "critic/q_taken": masked_mean(q_taken.detach(), episodes.step_mask),
-                "critic/target": masked_mean(targets, episodes.step_mask),
-                "actor/advantage_abs": masked_mean(advantage.abs(), episodes.step_mask),
-            }
-        )
+        self.record(**{"loss/actor": actor_loss, "actor/advantage_abs": masked_mean(advantage.abs(), episodes.step_mask)})
 
 
 class MaacDmac(DivergenceRegularized, Maac):

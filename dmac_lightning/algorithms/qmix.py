@@ -16,7 +16,6 @@ import copy
 from typing import Any
 
 import torch
-from tensordict import TensorDictBase
 from torch import nn
 
 from dmac_lightning import divergence
@@ -100,20 +99,14 @@ class Qmix(MultiAgentModule):
         next_q_tot = self.target_mixer(gather_actions(target_q_values, next_actions), episodes.state)[:, 1:]
         return lambda_returns(episodes.reward, episodes.terminated, episodes.joint_step_mask, next_q_tot, self.gamma, self.td_lambda)
 
-    # -- actor ----------------------------------------------------------------------------------
-    def actor_step(self, episodes: EpisodeBatch) -> None:
-        """QMIX has no actor: its policy is greedy in the Q-values."""
-
-    # -- the update -----------------------------------------------------------------------------
-    def update(self, batch: TensorDictBase) -> None:
-        episodes = self.episode_batch(batch)
+    def critic_step(self, episodes: EpisodeBatch) -> None:
         steps = episodes.decisions
         q_values = self.unroll(self.agent_q, episodes)  # [B, L, n, A]
         q_tot = self.mixer(gather_actions(q_values[:, steps], episodes.actions[:, steps]), episodes.state[:, steps])
         with torch.no_grad():
             targets = self.critic_targets(episodes, q_values.detach())
         critic_loss = masked_mean((q_tot - targets) ** 2, episodes.joint_step_mask)
-        self.optimizer_step(self.critic_optimizer, critic_loss)
+        self.critic_optimizer_step(critic_loss)
         self.record(
             **{
                 "loss/critic": critic_loss,
@@ -122,7 +115,6 @@ class Qmix(MultiAgentModule):
                 "train/epsilon": self.epsilon,
             }
         )
-        self.actor_step(episodes)
 
 
 class QmixDmac(DivergenceRegularized, Qmix):
