@@ -30,12 +30,13 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
 
 
 class TargetNetworkUpdate(pl.Callback):
-    """After every training batch, move ``module.<target>`` towards ``module.<source>``.
+    """After every training batch (one update), move ``module.<target>`` towards ``module.<source>``.
 
-    Exactly one of: ``tau`` (soft update each batch, ``0 < tau <= 1``), ``every_n_updates`` (hard copy
-    every N batches) or ``every_n_episodes`` (hard copy once N more episodes were collected, counted
-    over all ranks, as PyMARL's QMIX and FOP do). Each training batch of every algorithm is one actor
-    step, so the soft form is DMAC's target-policy rule.
+    Exactly one of: ``tau`` (soft update after each update, ``0 < tau <= 1``), ``every_n_updates``
+    (hard copy every N updates), ``every_n_episodes`` (hard copy once N more episodes were collected,
+    counted over all ranks, as PyMARL's QMIX and FOP do) or ``every_n_critic_steps`` (hard copy once
+    the critic took N more optimiser steps, as PyMARL's COMA, DOP and the authors' DMAC count, whose
+    critics take one step per timestep of a batch).
     """
 
     def __init__(
@@ -45,18 +46,25 @@ class TargetNetworkUpdate(pl.Callback):
         tau: float | None = None,
         every_n_updates: int | None = None,
         every_n_episodes: int | None = None,
+        every_n_critic_steps: int | None = None,
     ) -> None:
-        if sum(x is not None for x in (tau, every_n_updates, every_n_episodes)) != 1:
-            raise ValueError("TargetNetworkUpdate: give exactly one of tau, every_n_updates and every_n_episodes")
+        rules = {"every_n_updates": every_n_updates, "every_n_episodes": every_n_episodes, "every_n_critic_steps": every_n_critic_steps}
+        if sum(x is not None for x in (tau, *rules.values())) != 1:
+            raise ValueError(f"TargetNetworkUpdate: give exactly one of tau, {', '.join(rules)}")
         if tau is not None:
             check_range("tau", tau, 0, 1, low_open=True)
-        for name, every in (("every_n_updates", every_n_updates), ("every_n_episodes", every_n_episodes)):
+        for name, every in rules.items():
             if every is not None:
                 check_positive_int(name, every)
         self.source, self.target = source, target
-        self.tau, self.every_n_updates, self.every_n_episodes = tau, every_n_updates, every_n_episodes
+        self.tau, self.every_n_updates = tau, every_n_updates
+        # A hard copy by a counter the module keeps: collected episodes or critic optimiser steps.
+        self.counter, self.every = None, None
+        for counter, every in (("episodes", every_n_episodes), ("critic_steps", every_n_critic_steps)):
+            if every is not None:
+                self.counter, self.every = counter, every
         self.updates = 0
-        self.copied_at_episode = 0
+        self.copied_at = 0
 
     @property
     def state_key(self) -> str:
@@ -70,16 +78,16 @@ class TargetNetworkUpdate(pl.Callback):
         elif self.every_n_updates is not None:
             if self.updates % self.every_n_updates == 0:
                 soft_update(target, source, 1.0)
-        elif pl_module.episodes - self.copied_at_episode >= self.every_n_episodes:
+        elif (count := getattr(pl_module, self.counter)) - self.copied_at >= self.every:
             soft_update(target, source, 1.0)
-            self.copied_at_episode = pl_module.episodes
+            self.copied_at = count
 
     def state_dict(self) -> dict[str, Any]:
-        return {"updates": self.updates, "copied_at_episode": self.copied_at_episode}
+        return {"updates": self.updates, "copied_at": self.copied_at}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.updates = state_dict["updates"]
-        self.copied_at_episode = state_dict.get("copied_at_episode", 0)
+        self.copied_at = state_dict.get("copied_at", state_dict.get("copied_at_episode", 0))
 
 
 def target_policy_update(tau: float) -> TargetNetworkUpdate:
@@ -92,15 +100,10 @@ def soft_target_updates(tau: float, *networks: str) -> list[TargetNetworkUpdate]
     return [TargetNetworkUpdate(name, f"target_{name}", tau=tau) for name in networks]
 
 
-def hard_target_updates(
-    *networks: str, every_n_updates: int | None = None, every_n_episodes: int | None = None
-) -> list[TargetNetworkUpdate]:
-    """Copy each ``x`` in ``networks`` into ``target_x`` every ``every_n_updates`` updates or
-    ``every_n_episodes`` collected episodes (the baselines' hard target copies)."""
-    return [
-        TargetNetworkUpdate(name, f"target_{name}", every_n_updates=every_n_updates, every_n_episodes=every_n_episodes)
-        for name in networks
-    ]
+def hard_target_updates(*networks: str, **every: int) -> list[TargetNetworkUpdate]:
+    """Copy each ``x`` in ``networks`` into ``target_x`` by one rule ``every_n_updates``,
+    ``every_n_episodes`` or ``every_n_critic_steps`` (the baselines' hard target copies)."""
+    return [TargetNetworkUpdate(name, f"target_{name}", **every) for name in networks]
 
 
 def freeze(network: nn.Module) -> nn.Module:

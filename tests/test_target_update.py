@@ -63,6 +63,20 @@ def test_hard_copy_every_n_collected_episodes():
         callback.on_train_batch_end(None, pair, None, None, 0)
         copies.append(torch.equal(pair.actor[0].weight, pair.target_actor[0].weight))
     assert copies == [False, False, False, True, False, True, False]
-    assert callback.state_dict() == {"updates": 7, "copied_at_episode": 400}
+    assert callback.state_dict() == {"updates": 7, "copied_at": 400}
     with pytest.raises(ValueError, match="exactly one"):
         TargetNetworkUpdate("actor", "target_actor", every_n_updates=2, every_n_episodes=2)
+
+
+def test_hard_copy_every_n_critic_steps_checked_after_each_update():
+    # A per-timestep critic takes a batch's length in steps per update: 7, 7, 5, 9, 7 here.
+    pair = Pair()
+    callback = TargetNetworkUpdate("actor", "target_actor", every_n_critic_steps=20)
+    pair.critic_steps, copies = 0, []
+    for steps in (7, 7, 5, 9, 7):
+        pair.critic_steps += steps
+        pair.target_actor[0].weight.data.zero_()
+        callback.on_train_batch_end(None, pair, None, None, 0)
+        copies.append(torch.equal(pair.actor[0].weight, pair.target_actor[0].weight))
+    assert copies == [False, False, False, True, False]  # counts 7, 14, 19, 28 (copy), 35
+    assert callback.state_dict()["copied_at"] == 28

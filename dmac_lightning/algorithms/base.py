@@ -215,7 +215,11 @@ class MultiAgentModule(pl.LightningModule):
         """One update on a batch of episodes: the steps of ``update_order``."""
         episodes = self.episode_batch(batch)
         for step in self.update_order:
-            (self.critic_step if step == "critic" else self.actor_step)(episodes)
+            if step == "critic":
+                self.critic_step(episodes)
+            else:
+                self.actor_step(episodes)
+                self.after_actor_step()
 
     def critic_step(self, episodes: Any) -> None:
         """Train the critic (or the Q-networks) on ``episodes``."""
@@ -223,6 +227,9 @@ class MultiAgentModule(pl.LightningModule):
 
     def actor_step(self, episodes: Any) -> None:
         """Train the policies on ``episodes`` (nothing for a value-based method)."""
+
+    def after_actor_step(self) -> None:
+        """Runs right after every actor step, before the next step of the update."""
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         """``dmac test --ckpt_path ...``: evaluation episodes as the ``evaluation`` settings say."""

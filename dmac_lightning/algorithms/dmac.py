@@ -24,8 +24,11 @@ networks. A +DMAC variant is written the same way in all five families::
   networks, so it starts equal to pi, and its log-probabilities over stored histories (``log_rho``);
 * :meth:`regularized_targets`: the divergence-regularised TD(lambda) target from the target values at
   the bootstrap actions, which also records ``dmac/kl_pi_rho``;
-* the target rules: rho soft-updated with ``tau`` after every actor step, each of the family's
-  ``target_networks`` soft-updated with ``target_critic_tau``;
+* the order of Algorithm 1: the actor step, then rho soft-updated with ``tau``, then the critic step
+  (with the updated pi and rho);
+* the target critic rule: each of the family's ``target_networks`` soft-updated with
+  ``target_critic_tau`` after every update (the paper), or copied every ``target_critic_copy_every``
+  critic optimiser steps (the authors' code: 200);
 * actor actions drawn from the current policies (Sec. 4.5), off-policy data (a replay buffer),
   and evaluation by sampling (App. C.3).
 
@@ -46,8 +49,8 @@ from dmac_lightning.envs.common import EnvInfo
 from dmac_lightning.networks import AgentRNN
 from dmac_lightning.policy import gather_actions, sample
 from dmac_lightning.returns import masked_mean
-from dmac_lightning.targets import TargetNetworkUpdate, freeze, soft_target_updates, target_policy_update
-from dmac_lightning.validation import INF, check_range
+from dmac_lightning.targets import TargetNetworkUpdate, freeze, hard_target_updates, soft_target_updates, soft_update
+from dmac_lightning.validation import INF, check_positive_int, check_range
 
 
 class DivergenceRegularized(MultiAgentModule):
@@ -56,7 +59,10 @@ class DivergenceRegularized(MultiAgentModule):
     Args:
         omega: regularisation coefficient, >= 0 (paper: 0.2 on the stochastic game, 0.01 on SMAC).
         tau: soft-update rate of the target policy rho after every actor step, in (0, 1].
-        target_critic_tau: soft-update rate of the target critic networks, in (0, 1]; ``tau`` when None.
+        target_critic_tau: soft-update rate of the target critic networks after every update, in (0, 1];
+            ``tau`` when None (the paper, Alg. 1).
+        target_critic_copy_every: instead, copy the critic networks into their targets every this many
+            critic optimiser steps (the authors' code: 200, its critic stepping once per timestep).
         epsilon_start, epsilon_finish, epsilon_anneal_steps: optional epsilon-uniform exploration on top
             of the policy (off by default: the divergence regulariser explores).
         **kwargs: the baseline family's settings.
@@ -64,12 +70,14 @@ class DivergenceRegularized(MultiAgentModule):
 
     data_regime: ClassVar[Literal["off_policy", "on_policy", "mixed"]] = "off_policy"
     evaluates_greedily: ClassVar[bool] = False
+    update_order: ClassVar[tuple[str, ...]] = ("actor", "critic")  # Alg. 1 and the authors' code
 
     def __init__(
         self,
         omega: float = 0.2,
         tau: float = 0.01,
         target_critic_tau: float | None = None,
+        target_critic_copy_every: int | None = None,
         epsilon_start: float = 0.0,
         epsilon_finish: float = 0.0,
         epsilon_anneal_steps: int = 1,
@@ -80,8 +88,13 @@ class DivergenceRegularized(MultiAgentModule):
         check_range("model.tau", tau, 0.0, 1.0, low_open=True)
         if target_critic_tau is not None:
             check_range("model.target_critic_tau", target_critic_tau, 0.0, 1.0, low_open=True)
+        if target_critic_copy_every is not None:
+            check_positive_int("model.target_critic_copy_every", target_critic_copy_every)
+            if target_critic_tau is not None:
+                raise ValueError("model.target_critic_tau and model.target_critic_copy_every: give at most one (soft or hard target critic)")
         self.omega, self.tau = omega, tau
         self.target_critic_tau = tau if target_critic_tau is None else target_critic_tau
+        self.target_critic_copy_every = target_critic_copy_every
 
     def build(self, info: EnvInfo) -> None:
         super().build(info)
@@ -97,7 +110,12 @@ class DivergenceRegularized(MultiAgentModule):
         return MultiAgentModule.choose_actions(self, outputs, available, mode)
 
     def configure_callbacks(self) -> list[TargetNetworkUpdate]:
-        return [target_policy_update(self.tau), *soft_target_updates(self.target_critic_tau, *self.target_networks)]
+        if self.target_critic_copy_every is not None:
+            return hard_target_updates(*self.target_networks, every_n_critic_steps=self.target_critic_copy_every)
+        return soft_target_updates(self.target_critic_tau, *self.target_networks)
+
+    def after_actor_step(self) -> None:
+        soft_update(self.target_actor, self.actor, self.tau)  # rho follows pi after every actor step
 
     def log_rho(self, episodes: EpisodeBatch) -> torch.Tensor:
         """``log rho`` over stored histories, mixed with the same exploration epsilon as the ``log pi`` the
