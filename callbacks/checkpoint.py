@@ -8,6 +8,8 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
 
+from dmac_lightning.targets import ran_an_update
+
 
 class CrashCheckpoint(pl.Callback):
     """On an exception (including Ctrl-C), write ``on_exception.ckpt`` beside the run's checkpoints.
@@ -20,8 +22,8 @@ class CrashCheckpoint(pl.Callback):
     def __init__(self) -> None:
         self.trained_this_session = False
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        self.trained_this_session = True
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any) -> None:
+        self.trained_this_session |= ran_an_update(outputs)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         # Before the first update of this session (e.g. a failed restore) there is nothing new to keep,

@@ -7,13 +7,20 @@ the library, beside the algorithms that choose it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
 from dmac_lightning.validation import check_positive_int, check_range
+
+
+def ran_an_update(outputs: Any) -> bool:
+    """Whether a training batch updated the module. With the ``dataloader_iter`` step flavour, Lightning
+    ends every epoch with one more batch (and its batch-end hooks) in which the iterator ran out and
+    nothing was trained: batch-end logic that counts updates must skip it."""
+    return isinstance(outputs, Mapping) and bool(outputs.get("updated", False))
 
 
 @torch.no_grad()
@@ -71,6 +78,8 @@ class TargetNetworkUpdate(pl.Callback):
         return f"{type(self).__name__}[{self.source}->{self.target}]"
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not ran_an_update(outputs):
+            return
         self.updates += 1
         target, source = getattr(pl_module, self.target), getattr(pl_module, self.source)
         if self.tau is not None:

@@ -27,6 +27,7 @@ from dmac_lightning.envs.common import ACTION, ACTION_MASK, OBSERVATION, EnvInfo
 from dmac_lightning.evaluation import Evaluator
 from dmac_lightning.networks import AgentRNN, agent_input_dim, agent_inputs
 from dmac_lightning.policy import epsilon_mixed_log_probs, greedy, linear_schedule, masked_log_softmax, sample
+from dmac_lightning.targets import ran_an_update
 from dmac_lightning.validation import INF, check_positive_int, check_range
 
 HIDDEN = ("agents", "rnn_hidden")
@@ -207,9 +208,10 @@ class MultiAgentModule(pl.LightningModule):
         return self.policy("explore")
 
     # -- training -------------------------------------------------------------------------------
-    def training_step(self, dataloader_iter: Iterator) -> None:
+    def training_step(self, dataloader_iter: Iterator) -> dict[str, bool]:
         batch, _, _ = next(dataloader_iter)
         self.update(batch.to(self.device))
+        return {"updated": True}
 
     def update(self, batch: TensorDictBase) -> None:
         """One update on a batch of episodes: the steps of ``update_order``."""
@@ -289,6 +291,8 @@ class MultiAgentModule(pl.LightningModule):
         self.metrics.update(self.device, **metrics)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not ran_an_update(outputs):
+            return
         self.updates += 1
         if self.updates % max(1, self.trainer.log_every_n_steps) == 0:
             self.flush_metrics()
