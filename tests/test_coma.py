@@ -121,3 +121,39 @@ def test_dmac_targets_bootstrap_through_a_time_limit_but_not_through_a_terminati
     torch.testing.assert_close(targets[1, 1], g1_truncated)
     torch.testing.assert_close(targets[0, 0], g0(0, g1_terminated))
     torch.testing.assert_close(targets[1, 0], g0(1, g1_truncated))
+
+
+def test_coma_critic_takes_one_step_per_timestep_last_to_first_towards_targets_computed_once():
+    import pytorch_lightning as pl
+
+    from datamodules import EpisodeDataModule
+
+    class Recording(Coma):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.critic_calls, self.target_calls = [], 0
+
+        def q_values(self, critic, episodes, actions, steps):
+            if critic is self.critic:
+                self.critic_calls.append(steps.start)
+            return super().q_values(critic, episodes, actions, steps)
+
+        def critic_targets(self, episodes, log_pi, log_rho):
+            self.target_calls += 1
+            return super().critic_targets(episodes, log_pi, log_rho)
+
+    module = Recording(target_update_interval=7)
+    limit = 5
+    data = EpisodeDataModule(env_kwargs={"n_states": 3, "n_agents": 2, "n_actions": 3, "episode_limit": limit}, n_envs=4,
+                             episodes_per_collect=4, updates_per_episode=0.25, batch_size=4, max_env_steps=2 * 4 * limit,
+                             env_steps_per_epoch=100, seed=0)
+    trainer = pl.Trainer(max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(module, data)
+    # two updates (one per collect of 4 episodes), each: T = 5 critic steps at t = 4, 3, 2, 1, 0, no critic call by the actor
+    assert module.critic_calls == [4, 3, 2, 1, 0] * 2
+    assert module.target_calls == 2 and module.critic_steps == 10
+    # the target is copied once 7 critic steps have passed, checked after each update: at 10, not at 5
+    (target_rule,) = [c for c in trainer.callbacks if getattr(c, "target", None) == "target_critic"]
+    assert (target_rule.counter, target_rule.updates, target_rule.copied_at) == ("critic_steps", 2, 10)
+    assert all(torch.equal(a, b) for a, b in zip(module.critic.parameters(), module.target_critic.parameters()))  # copied last

@@ -1,9 +1,11 @@
 """COMA (Foerster et al., 2018) and COMA+DMAC (paper App. C.1).
 
-COMA: on-policy. A centralised critic ``Q(s, a_-i, .)`` (MLP 3x128) learns TD(lambda) targets from a
-target critic copied every ``target_update_interval`` updates; each actor follows the counterfactual
-advantage ``Q(s, a) - sum_{a'_i} pi_i(a'_i) Q(s, (a'_i, a_-i))`` on the actions it took, its policy
-mixed with epsilon-uniform exploration (annealed), as in PyMARL.
+COMA: on-policy. A centralised critic ``Q(s, a_-i, .)`` (MLP 3x128) learns TD(lambda) targets,
+computed once per batch from a target critic, with one optimiser step per timestep in reverse time
+order (PyMARL); the target critic is copied every ``target_update_interval`` such critic steps. Each
+actor follows the counterfactual advantage ``Q(s, a) - sum_{a'_i} pi_i(a'_i) Q(s, (a'_i, a_-i))`` on
+the actions it took, with the critic's values as the critic saw them while training on the batch,
+its policy mixed with epsilon-uniform exploration (annealed), as in PyMARL.
 
 COMA+DMAC: the same networks plus a target policy rho; episodes come from a replay buffer; the
 critic learns the divergence-regularised TD(lambda) targets, the actor the regularised
@@ -36,10 +38,8 @@ class Coma(MultiAgentModule):
     Args:
         td_lambda: TD(lambda) factor of the critic targets, in [0, 1].
         critic_hidden_dims: hidden widths of the critic MLP.
-        target_update_interval: copy the critic into the target critic every this many updates.
-            (PyMARL's COMA copies every 200 critic steps, taking one step per time step of a batch;
-            this critic takes one step per batch of episodes, and 25 updates of 8 episodes each is
-            200 episodes.)
+        target_update_interval: copy the critic into the target critic every this many critic
+            optimiser steps (one per timestep of a batch; PyMARL: 200).
         epsilon_start, epsilon_finish, epsilon_anneal_steps: the epsilon-bounded softmax's schedule.
         **kwargs: shared settings of :class:`MultiAgentModule` (gamma, learning rates, ...).
     """
@@ -51,7 +51,7 @@ class Coma(MultiAgentModule):
         self,
         td_lambda: float = 0.8,
         critic_hidden_dims: list[int] = [128, 128, 128],  # noqa: B006 - LightningCLI reads the default
-        target_update_interval: int = 25,
+        target_update_interval: int = 200,
         epsilon_start: float = 0.5,
         epsilon_finish: float = 0.01,
         epsilon_anneal_steps: int = 100_000,
@@ -73,7 +73,7 @@ class Coma(MultiAgentModule):
         return [self.rmsprop(self.critic.parameters(), self.lr_critic), self.rmsprop(self.actor.parameters(), self.lr_actor)]
 
     def configure_callbacks(self) -> list:
-        return hard_target_updates(*self.target_networks, every_n_updates=self.target_update_interval)
+        return hard_target_updates(*self.target_networks, every_n_critic_steps=self.target_update_interval)
 
     # -- critic ---------------------------------------------------------------------------------
     def q_values(self, critic: CounterfactualCritic, episodes: EpisodeBatch, actions: torch.Tensor, steps: slice) -> torch.Tensor:
@@ -102,28 +102,40 @@ class Coma(MultiAgentModule):
 
     # -- the steps ------------------------------------------------------------------------------
     def critic_step(self, episodes: EpisodeBatch) -> None:
-        steps = episodes.decisions
+        """One optimiser step per timestep, last to first, towards targets computed once (PyMARL)."""
         with torch.no_grad():
             targets = self.critic_targets(episodes, self.log_policy(self.actor, episodes), self.log_rho(episodes))
-        taken = episodes.actions[:, steps]
-        q_taken = gather_actions(self.q_values(self.critic, episodes, taken, steps), taken)
-        critic_loss = masked_mean((q_taken - targets) ** 2, episodes.step_mask)
-        self.critic_optimizer_step(critic_loss)
+        taken = episodes.actions[:, episodes.decisions]
+        rows = torch.empty(*taken.shape, self.env_info.n_actions, device=taken.device)
+        losses = []
+        # Batches are cut after their longest episode, so every timestep holds at least one real step.
+        for t in reversed(range(episodes.steps)):
+            at_t = slice(t, t + 1)
+            q_rows = self.q_values(self.critic, episodes, taken[:, at_t], at_t)
+            rows[:, at_t] = q_rows.detach()
+            loss = masked_mean((gather_actions(q_rows, taken[:, at_t]) - targets[:, at_t]) ** 2, episodes.step_mask[:, at_t])
+            self.critic_optimizer_step(loss)
+            losses.append(loss.detach())
+        self.rows_seen_by_critic = rows
         self.record(
             **{
-                "loss/critic": critic_loss,
-                "critic/q_taken": masked_mean(q_taken.detach(), episodes.step_mask),
+                "loss/critic": torch.stack(losses).mean(),
+                "critic/q_taken": masked_mean(gather_actions(rows, taken), episodes.step_mask),
                 "critic/target": masked_mean(targets, episodes.step_mask),
             }
         )
+
+    def actor_q_alternatives(self, episodes: EpisodeBatch, actions: torch.Tensor) -> torch.Tensor:
+        """``Q(s, (., a_-i))`` for the actor: the rows the critic gave on this batch's taken actions
+        while training on it, each before its own step (PyMARL's COMA)."""
+        return self.rows_seen_by_critic
 
     def actor_step(self, episodes: EpisodeBatch) -> None:
         steps = episodes.decisions
         log_pi = self.log_policy(self.actor, episodes)  # as it acted, with gradient
         log_rho = self.log_rho(episodes)
         actions = self.actor_actions(episodes, log_pi.detach())
-        with torch.no_grad():
-            q_alternatives = self.q_values(self.critic, episodes, actions, steps)
+        q_alternatives = self.actor_q_alternatives(episodes, actions)
         advantage = self.advantage(q_alternatives, actions, log_pi[:, steps].detach(), None if log_rho is None else log_rho[:, steps])
         actor_loss = divergence.policy_gradient_loss(advantage, gather_actions(log_pi[:, steps], actions), episodes.step_mask)
         self.optimizer_step(self.actor_optimizer, actor_loss)
@@ -151,6 +163,10 @@ class ComaDmac(DivergenceRegularized, Coma):
     def critic_targets(self, episodes: EpisodeBatch, log_pi: torch.Tensor, log_rho: torch.Tensor) -> torch.Tensor:
         actions = episodes.bootstrap_actions(log_pi)
         return self.regularized_targets(episodes, self.target_values(episodes, actions), actions, log_pi, log_rho)
+
+    def actor_q_alternatives(self, episodes: EpisodeBatch, actions: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # the actions come from pi, and the critic has not trained on this batch yet
+            return self.q_values(self.critic, episodes, actions, episodes.decisions)
 
     def advantage(
         self, q_alternatives: torch.Tensor, actions: torch.Tensor, log_pi: torch.Tensor, log_rho: torch.Tensor
