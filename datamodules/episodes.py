@@ -4,6 +4,12 @@ Data flow: ``Collector`` (policy = the LightningModule's current actor, same wei
 -> :class:`~datamodules.assembler.EpisodeAssembler` (complete, padded episodes; the stored layout is
 described there) -> ``TensorDictReplayBuffer(LazyTensorStorage)`` -> :class:`EpisodeStream` yields
 ``episodes_per_collect x updates_per_episode`` sampled batches after every collect.
+
+A batch draws episodes without replacement (as PyMARL and the authors' code do): ``batch_size``
+uniformly from the whole buffer, plus ``recent_episodes`` from the newest ``recent_window`` ones (the
+authors' DMAC batches: 8 replayed + 4 of the newest 16). The algorithm's ``data_regime`` shapes it:
+``off_policy`` one batch of both parts; ``on_policy`` only the newest (the buffer holds just
+``recent_window`` episodes); ``mixed`` (DOP) the two parts apart, ``{"fresh": ..., "replay": ...}``.
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ from tensordict import TensorDict, TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
-from torchrl.data.replay_buffers import RandomSampler, SamplerWithoutReplacement
 from torchrl.envs import EnvBase, TensorDictPrimer, TransformedEnv
 
 from datamodules.assembler import EpisodeAssembler, trim_to_longest
@@ -66,8 +71,16 @@ class EpisodeDataModule(pl.LightningDataModule):
             1/8 is PyMARL's parallel runner on SMAC (one update per 8 episodes), 1 its episode runner,
             4 the authors' DMAC code. The updates of a collect run after it; a fraction's remainder
             carries over to the next collect. No updates are earned before the buffer holds a batch.
-        batch_size: episodes per batch.
-        buffer_size: replay capacity in episodes (on-policy algorithms keep only the fresh episodes).
+        batch_size: episodes per batch drawn uniformly from the whole buffer (on-policy algorithms: from
+            the newest ``recent_window``).
+        recent_episodes: episodes per batch drawn from the newest ``recent_window`` as well (the
+            authors' DMAC: 4 of the newest 16 besides 8 replayed); DOP's fresh episodes (default
+            ``min(batch_size, recent_window)`` there).
+        recent_window: how many of the newest episodes count as recent (default ``episodes_per_collect``:
+            the last collect's).
+        warmup_episodes: no updates until the buffer holds this many episodes (the authors' DMAC and
+            FOP: 100).
+        buffer_size: replay capacity in episodes (on-policy algorithms keep only ``recent_window``).
         max_env_steps: training stops once this many env steps (summed over ranks) were collected.
         env_steps_per_epoch: a Lightning epoch, and so a checkpoint, every this many env steps.
         seed: rollout seed; defaults to the run's ``seed_everything``. Rank r uses ``seed + r``.
@@ -82,6 +95,9 @@ class EpisodeDataModule(pl.LightningDataModule):
         episodes_per_collect: int = 8,
         updates_per_episode: float = 0.125,
         batch_size: int = 32,
+        recent_episodes: int = 0,
+        recent_window: int | None = None,
+        warmup_episodes: int = 0,
         buffer_size: int = 5000,
         max_env_steps: int = 100_000,
         env_steps_per_epoch: int = 10_000,
@@ -101,23 +117,30 @@ class EpisodeDataModule(pl.LightningDataModule):
         ):
             check_positive_int(f"data.{name}", value)
         check_range("data.updates_per_episode", updates_per_episode, 0.0, INF, low_open=True)
+        recent_window = episodes_per_collect if recent_window is None else recent_window
+        check_positive_int("data.recent_window", recent_window)
+        check_range("data.recent_episodes", recent_episodes, 0, recent_window)
+        check_range("data.warmup_episodes", warmup_episodes, 0, buffer_size)
         if batch_size > buffer_size:
             raise ValueError(
                 f"data.batch_size ({batch_size}) is larger than the replay buffer (data.buffer_size = {buffer_size}); "
                 "allowed: 1 <= batch_size <= buffer_size"
             )
+        if recent_window > buffer_size:
+            raise ValueError(f"data.recent_window ({recent_window}) is larger than the replay buffer (data.buffer_size = {buffer_size})")
         self.save_hyperparameters()
         self.env_name, self.env_kwargs = env, env_kwargs
         self.n_envs, self.episodes_per_collect = n_envs, episodes_per_collect
         self.updates_per_episode = Fraction(updates_per_episode).limit_denominator(10_000)
         self.update_credit = Fraction(0)  # updates earned by collected episodes and not yet run
         self.batch_size, self.buffer_size = batch_size, buffer_size
+        self.recent_episodes, self.recent_window, self.warmup_episodes = recent_episodes, recent_window, warmup_episodes
         self.max_env_steps, self.env_steps_per_epoch = max_env_steps, env_steps_per_epoch
         self._seed, self._env_device = seed, env_device
         self.env: EnvBase | None = None
         self.env_info: EnvInfo | None = None
-        self.replay: TensorDictReplayBuffer | None = None
-        self.fresh: TensorDictReplayBuffer | None = None
+        self.buffer: TensorDictReplayBuffer | None = None
+        self.newest = torch.empty(0, dtype=torch.long)  # storage indices of the newest recent_window episodes, oldest first
         self._collector: Collector | None = None
         self._batches: Iterator[TensorDictBase] | None = None
         self._assembler: EpisodeAssembler | None = None
@@ -183,22 +206,16 @@ class EpisodeDataModule(pl.LightningDataModule):
         metadata = env_metadata(self.env_name)
         if metadata and self.trainer is not None and self.trainer.logger is not None:
             self.trainer.logger.log_hyperparams(metadata)
-        regime = self.regime
-        if regime in ("on_policy", "mixed"):
-            if self.batch_size > self.episodes_per_collect and regime == "on_policy":
+        capacity = self.buffer_size
+        if self.regime == "on_policy":
+            if self.batch_size > self.recent_window:
                 raise ValueError(
                     f"data.batch_size ({self.batch_size}) is larger than the on-policy buffer, which holds only the "
-                    f"{self.episodes_per_collect} fresh episodes of a collect (data.episodes_per_collect); allowed: "
-                    f"1 <= batch_size <= {self.episodes_per_collect}"
+                    f"{self.recent_window} newest episodes (data.recent_window, default data.episodes_per_collect); "
+                    f"allowed: 1 <= batch_size <= {self.recent_window}"
                 )
-            self.fresh = self._buffer(self.episodes_per_collect, min(self.batch_size, self.episodes_per_collect), fresh=True)
-        if regime in ("off_policy", "mixed"):
-            self.replay = self._buffer(self.buffer_size, self.batch_size, fresh=False)
-
-    def _buffer(self, capacity: int, batch_size: int, fresh: bool) -> TensorDictReplayBuffer:
-        sampler = SamplerWithoutReplacement() if fresh else RandomSampler()
-        storage = LazyTensorStorage(capacity, device=self.device)
-        return TensorDictReplayBuffer(storage=storage, sampler=sampler, batch_size=batch_size)
+            capacity = self.recent_window
+        self.buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(capacity, device=self.device), batch_size=self.batch_size)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(EpisodeStream(self), batch_size=None, collate_fn=_identity)
@@ -250,9 +267,8 @@ class EpisodeDataModule(pl.LightningDataModule):
         while self._assembler.queued < self.episodes_per_collect:
             self._assembler.add(next(self._batches))
         episodes = self._assembler.pop(self.episodes_per_collect)
-        for buffer in (self.fresh, self.replay):
-            if buffer is not None:
-                buffer.extend(episodes)
+        written = torch.as_tensor(self.buffer.extend(episodes)).reshape(-1).cpu()
+        self.newest = torch.cat([self.newest, written])[-self.recent_window :]
         returns = episodes.get("reward").sum((1, 2))
         stats = torch.stack(
             [
@@ -295,8 +311,11 @@ class EpisodeDataModule(pl.LightningDataModule):
             self.trainer.logger.log_metrics(self.last_collect, step=self.env_steps)
 
     def _buffer_ready(self) -> bool:
-        buffer = self.replay if self.replay is not None else self.fresh
-        return len(buffer) >= buffer.batch_size if buffer is not None else False
+        if self.buffer is None:
+            return False
+        if self.regime == "on_policy":
+            return len(self.newest) >= self.batch_size
+        return len(self.buffer) >= max(self.batch_size, self.warmup_episodes) and len(self.newest) >= self.recent_episodes
 
     def can_sample(self) -> bool:
         """Whether every rank's buffer holds a batch (as of the last collect, when one ran)."""
@@ -310,11 +329,24 @@ class EpisodeDataModule(pl.LightningDataModule):
         return due
 
     def sample(self) -> TensorDictBase:
+        """A batch of whole episodes, cut after the longest (see the module docstring)."""
         if self.regime == "on_policy":
-            return trim_to_longest(self.fresh.sample())
-        if self.regime == "off_policy":
-            return trim_to_longest(self.replay.sample())
-        return TensorDict({"fresh": trim_to_longest(self.fresh.sample()), "replay": trim_to_longest(self.replay.sample())}, batch_size=[])
+            return trim_to_longest(self._recent(self.batch_size))
+        if self.regime == "mixed":
+            fresh = self._recent(self.recent_episodes or min(self.batch_size, self.recent_window))
+            return TensorDict({"fresh": trim_to_longest(fresh), "replay": trim_to_longest(self._replayed(self.batch_size))}, batch_size=[])
+        batch = self._replayed(self.batch_size)
+        if self.recent_episodes:
+            batch = torch.cat([batch, self._recent(self.recent_episodes)])
+        return trim_to_longest(batch)
+
+    def _replayed(self, count: int) -> TensorDictBase:
+        """``count`` distinct episodes, uniformly from the whole buffer."""
+        return self.buffer.storage.get(torch.randperm(len(self.buffer))[:count])
+
+    def _recent(self, count: int) -> TensorDictBase:
+        """``count`` distinct episodes, uniformly from the newest ``recent_window``."""
+        return self.buffer.storage.get(self.newest[torch.randperm(len(self.newest))[:count]])
 
     @property
     def budget_reached(self) -> bool:

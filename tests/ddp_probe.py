@@ -15,8 +15,7 @@ class RankStateDump(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         data = trainer.datamodule
-        buffer = data.replay if data.replay is not None else data.fresh
-        first = buffer.storage.get(0)
+        first = data.buffer.storage.get(0)
         os.makedirs(self.directory, exist_ok=True)
         torch.save(
             {

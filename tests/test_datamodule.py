@@ -105,11 +105,50 @@ def test_the_assembler_drops_broken_episodes():
 def test_replay_buffer_samples_whole_episodes():
     data = connected(ComaDmac(), batch_size=5, buffer_size=6)
     collected = torch.cat([data.collect()["agents", "observation"] for _ in range(3)])
-    assert len(data.replay) == 6 and data.can_sample()
+    assert len(data.buffer) == 6 and data.can_sample()
     batch = data.sample()
     assert batch.batch_size == (5, 7) and batch["filled"].shape == (5, 7)
     for episode in batch["agents", "observation"]:
         assert any(torch.equal(episode, stored) for stored in collected[-6:])  # whole episodes, newest 6 kept
+
+
+def episode_ids(episodes) -> list[int]:
+    """Each collected episode of ``connected``'s game is told apart by its action sequence."""
+    return [hash(tuple(e.flatten().tolist())) for e in episodes["agents", "action"]]
+
+
+def test_a_batch_adds_episodes_from_the_newest_window_to_the_replayed_ones_each_part_without_repeats():
+    # The authors' DMAC batches: replayed episodes plus some of the newest few (here 3 + 2 of the newest 4).
+    data = connected(ComaDmac(), batch_size=3, recent_episodes=2, recent_window=4, buffer_size=12)
+    collected = [episode_ids(data.collect()) for _ in range(3)]
+    everything, newest = set(sum(collected, [])), set(collected[-1])
+    assert len(everything) == 12 and data.newest.numel() == 4
+    for _ in range(20):
+        ids = episode_ids(data.sample())
+        replayed, recent = ids[:3], ids[3:]
+        assert len(ids) == 5 and set(replayed) <= everything and set(recent) <= newest
+        assert len(set(replayed)) == 3 and len(set(recent)) == 2
+
+
+def test_updates_wait_for_the_warmup_episodes():
+    data = connected(ComaDmac(), batch_size=2, warmup_episodes=10, buffer_size=20)
+    ready = []
+    for _ in range(3):
+        data.collect()
+        ready.append(data.can_sample())
+    assert ready == [False, False, True]  # 4, 8, 12 episodes stored
+
+
+def test_the_mixed_regime_serves_fresh_and_replayed_episodes_apart():
+    from dmac_lightning.algorithms import Dop
+
+    data = connected(Dop(), batch_size=5, recent_episodes=3, recent_window=4, buffer_size=12)
+    collected = [episode_ids(data.collect()) for _ in range(3)]
+    batch = data.sample()
+    assert set(batch.keys()) == {"fresh", "replay"}
+    fresh, replay = episode_ids(batch["fresh"]), episode_ids(batch["replay"])
+    assert len(set(fresh)) == 3 and set(fresh) <= set(collected[-1])
+    assert len(set(replay)) == 5 and set(replay) <= set(sum(collected, []))
 
 
 @pytest.mark.parametrize("updates_per_episode, expected", [(0.375, [1, 2, 1, 2, 1, 2]), (0.125, [0, 1, 0, 1, 0, 1]), (2, [8] * 6)])
@@ -136,11 +175,11 @@ def test_no_updates_are_earned_before_the_buffer_holds_a_batch():
 
 def test_on_policy_buffer_holds_only_the_fresh_episodes():
     data = connected(Coma(), batch_size=4)
-    assert data.replay is None and data.fresh is not None
+    assert data.buffer.storage.max_size == 4  # the on-policy buffer holds only the newest collect
     first = data.collect()
     second = data.collect()
-    stored = data.fresh.storage.get(torch.arange(len(data.fresh)))
-    assert len(data.fresh) == 4
+    stored = data.buffer.storage.get(torch.arange(len(data.buffer)))
+    assert len(data.buffer) == 4
     for episode in stored["agents", "action"]:
         assert any(torch.equal(episode, fresh) for fresh in second["agents", "action"])
     assert not any(torch.equal(old, new) for old in first["agents", "action"] for new in stored["agents", "action"])
