@@ -53,23 +53,27 @@ def tree_backup_returns(
     next_taken_values: torch.Tensor,
     next_traces: torch.Tensor,
     gamma: float,
+    max_steps: int | None = None,
 ) -> torch.Tensor:
     """Tree-backup targets (Precup et al., 2000), DOP's off-policy critic targets.
 
     ``G_t = r_t + gamma (1 - term_t) [V_{t+1} + c_{t+1} (G_{t+1} - Q_{t+1})]`` with
     ``V_{t+1} = E_pi Q(s_{t+1}, .)``, ``Q_{t+1} = Q(s_{t+1}, a_{t+1})`` at the stored action and the trace
     ``c_{t+1} = lambda pi(a_{t+1} | s_{t+1})``; no importance ratios, so it is unbiased off-policy.
-    All inputs ``[B, T, ...]``; at the last real step the recursion is cut (``G_{t+1} := Q_{t+1}``).
+    Equivalently ``G_t = Q_t + sum_n gamma^n (c_{t+1} ... c_{t+n}) delta_{t+n}`` over the expected-SARSA
+    errors ``delta``; ``max_steps`` keeps the first ``max_steps`` terms of that sum (DOP's code: 5), None
+    all of them. All inputs ``[B, T, ...]``; at the last real step the recursion is cut.
     """
     rewards, terminated, filled, expected, taken, traces = torch.broadcast_tensors(
         rewards, terminated.to(rewards.dtype), filled.to(torch.bool), next_expected_values, next_taken_values, next_traces
     )
-    returns = torch.zeros_like(expected)
     steps = rewards.shape[1]
-    for t in range(steps - 1, -1, -1):
-        following = expected[:, t]
-        if t + 1 < steps:
-            correction = traces[:, t] * (returns[:, t + 1] - taken[:, t])
-            following = following + torch.where(filled[:, t + 1], correction, torch.zeros_like(correction))
-        returns[:, t] = rewards[:, t] + gamma * (1 - terminated[:, t]) * following
+    horizon = steps if max_steps is None else min(max_steps, steps)
+    continues = gamma * (1 - terminated)
+    one_step = rewards + continues * expected  # the 1-step (expected SARSA) target
+    returns = one_step
+    for _ in range(horizon - 1):  # each pass looks one step further ahead
+        following = torch.zeros_like(returns)
+        following[:, :-1] = torch.where(filled[:, 1:], traces[:, :-1] * (returns[:, 1:] - taken[:, :-1]), following[:, :-1])
+        returns = one_step + continues * following
     return returns

@@ -26,7 +26,7 @@ def test_config_trains_and_logs_losses_and_evaluation(algorithm, tmp_path, monke
         [
             "fit", *config_args(algorithm),
             "--data.env_kwargs", json.dumps(SMALL_GAME),
-            "--data.batch_size", "8", "--data.max_env_steps", "240", "--data.env_steps_per_epoch", "240",
+            "--data.batch_size", "8", "--data.warmup_episodes", "0", "--data.max_env_steps", "240", "--data.env_steps_per_epoch", "240",
             "--evaluation.interval", "120", "--evaluation.episodes", "4",
             "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1",
         ]

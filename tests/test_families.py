@@ -7,7 +7,7 @@ import torch
 
 from dmac_lightning import divergence
 from dmac_lightning.algorithms import Dop, DopDmac, Fop, FopDmac, Maac, MaacDmac, QmixDmac
-from dmac_lightning.networks import AttentionCritic, FOPMixer, LinearDecompositionMixer, MLPMixer, MonotonicMixer
+from dmac_lightning.networks import AttentionCritic, FOPMixer, LinearDecompositionMixer, MLPMixer, MonotonicMixer, individual_critic_inputs
 from dmac_lightning.networks.mixers import counterfactual_q
 from dmac_lightning.policy import gather_actions, masked_log_softmax
 from dmac_lightning.returns import tree_backup_returns
@@ -62,14 +62,18 @@ def test_counterfactual_q_through_the_mixer_replaces_one_agent_at_a_time():
 
 
 # -- DOP -----------------------------------------------------------------------------------------------
-def test_dop_decomposition_has_nonnegative_k_and_is_linear():
+def test_dop_decomposition_is_a_convex_combination_of_the_agent_qs():
+    # DOP's code (and the authors' DOP+DMAC): k_i(s) >= 0 summing to 1, no state bias.
     torch.manual_seed(0)
     mixer = LinearDecompositionMixer(STATE_DIM, N_AGENTS)
     state = torch.randn(100, STATE_DIM)
-    k, b = mixer.k(state), mixer.b(state)
+    k = mixer.k(state)
     assert (k >= 0).all() and k.shape == (100, N_AGENTS)
+    torch.testing.assert_close(k.sum(-1), torch.ones(100))
     agent_qs = torch.randn(100, N_AGENTS)
-    torch.testing.assert_close(mixer(agent_qs, state), (k * agent_qs).sum(-1) + b)
+    torch.testing.assert_close(mixer(agent_qs, state), (k * agent_qs).sum(-1))
+    equal = torch.full((100, N_AGENTS), 2.5)
+    torch.testing.assert_close(mixer(equal, state), torch.full((100,), 2.5))  # agreeing agents: Q_tot is their Q
 
 
 def test_dop_lvd_advantage_by_hand():
@@ -96,6 +100,11 @@ def test_tree_backup_targets_by_hand():
     # zero traces: expected SARSA targets r + gamma E_pi Qbar
     expected_sarsa = tree_backup_returns(rewards, terminated, filled, expected, taken, torch.zeros(1, 3), 0.5)
     torch.testing.assert_close(expected_sarsa, torch.tensor([[6.0, 12.0, 3.0]]))
+    # cut after 2 terms (DOP's code cuts after 5): G_0 = 1 + 0.5 * (10 + 0.5 * (G_1^(1) - 12)), G_1^(1) = 2 + 0.5 * 20 = 12
+    cut = tree_backup_returns(rewards, terminated, filled, expected, taken, traces, 0.5, max_steps=2)
+    torch.testing.assert_close(cut, torch.tensor([[6.0, 10.375, 3.0]]))
+    one = tree_backup_returns(rewards, terminated, filled, expected, taken, traces, 0.5, max_steps=1)
+    torch.testing.assert_close(one, expected_sarsa)
 
 
 # -- MAAC ----------------------------------------------------------------------------------------------
@@ -202,3 +211,39 @@ def test_dmac_advantages_reduce_to_the_unregularised_family_advantage(seed):
         FopDmac(omega=0.3).actor_objective(log_pi, q_alternatives, log_pi, mask),
         fop.actor_objective(log_pi, q_alternatives, None, mask),
     )
+
+
+def test_dop_critic_steps_once_per_timestep_on_fresh_and_replayed_errors_in_one_mean():
+    import copy
+
+    import pytorch_lightning as pl
+
+    from datamodules import EpisodeDataModule
+
+    class Recording(Dop):
+        def train_critic_per_timestep(self, parts):
+            self.before = (copy.deepcopy(self.critic), copy.deepcopy(self.mixer), parts)
+            self.losses = []
+            return super().train_critic_per_timestep(parts)
+
+        def critic_optimizer_step(self, loss):
+            self.losses.append(loss.detach())
+            super().critic_optimizer_step(loss)
+
+    limit = 4
+    module = Recording()
+    data = EpisodeDataModule(env_kwargs={"n_states": 3, "n_agents": 2, "n_actions": 3, "episode_limit": limit}, n_envs=4,
+                             episodes_per_collect=4, updates_per_episode=0.25, batch_size=3, recent_episodes=2, recent_window=4,
+                             buffer_size=8, max_env_steps=4 * limit, env_steps_per_epoch=100, seed=0)
+    pl.Trainer(max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False).fit(module, data)
+    assert module.critic_steps == limit and len(module.losses) == limit  # one update: a step per timestep
+    critic, mixer, parts = module.before
+    (fresh, on_policy), (replay, tree_backup) = parts
+    assert fresh.observation.shape[0] == 2 and replay.observation.shape[0] == 3
+    with torch.no_grad():  # the first step (t = 0), from the critic before the update: 5 episodes, one mean
+        errors = []
+        for episodes, targets in parts:
+            q = critic(individual_critic_inputs(episodes.observation[:, :1], episodes.state[:, :1]))
+            errors.append(mixer(gather_actions(q, episodes.actions[:, :1]), episodes.state[:, :1]) - targets[:, :1])
+        torch.testing.assert_close(module.losses[0], (torch.cat(errors) ** 2).mean())

@@ -86,7 +86,7 @@ def test_short_qmix_dmac_fit_on_smax_3m_writes_win_rate(tmp_path, monkeypatch):
         [
             "fit", "--config", os.path.join(CONFIGS, "smax", "3m.yaml"),
             "--config", os.path.join(CONFIGS, "algorithms", "qmix_dmac.yaml"),
-            "--data.n_envs", "4", "--data.episodes_per_collect", "4", "--data.batch_size", "4",
+            "--data.n_envs", "4", "--data.episodes_per_collect", "4", "--data.batch_size", "4", "--data.warmup_episodes", "0",
             "--data.max_env_steps", "300", "--data.env_steps_per_epoch", "300",
             "--evaluation.interval", "150", "--evaluation.episodes", "4",
             "--trainer.enable_progress_bar", "false",

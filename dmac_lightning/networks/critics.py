@@ -57,6 +57,21 @@ class CounterfactualCritic(nn.Module):
         return self.net(inputs)
 
 
+class DuelingMLP(nn.Module):
+    """An MLP trunk with an action head and a value head, ``Q(., a) = A(., a) + V(.)`` (DOP's critic; the
+    mean of A is not subtracted, as there)."""
+
+    def __init__(self, input_dim: int, hidden_dims: list[int], n_actions: int) -> None:
+        super().__init__()
+        self.trunk = mlp(input_dim, hidden_dims[:-1], hidden_dims[-1])
+        self.advantage = nn.Linear(hidden_dims[-1], n_actions)
+        self.value = nn.Linear(hidden_dims[-1], 1)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(self.trunk(inputs))
+        return self.advantage(hidden) + self.value(hidden)
+
+
 def individual_critic_inputs(observation: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
     """Per-agent critic input ``[..., n, (state +) obs + n]``: optional state, observation, agent id."""
     n_agents = observation.shape[-2]

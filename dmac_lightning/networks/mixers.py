@@ -41,21 +41,25 @@ class MLPMixer(nn.Module):
 
 
 class LinearDecompositionMixer(nn.Module):
-    """DOP's linear value decomposition ``Q_tot = sum_i k_i(s) Q_i + b(s)`` with ``k_i(s) >= 0``."""
+    """DOP's linear value decomposition as its code has it: ``Q_tot = sum_i k_i(s) Q_i`` with
+    ``k(s) = |W_1(s)| |w(s)|`` (two linear maps of the state, hidden ``embed_dim``) normalised so that
+    ``k_i(s) >= 0`` and ``sum_i k_i(s) = 1``; no state bias ``b(s)`` (DOP's paper has one, its code and
+    the authors' DOP+DMAC do not)."""
 
     def __init__(self, state_dim: int, n_agents: int, embed_dim: int = 32) -> None:
         super().__init__()
-        self.weights = mlp(state_dim, [embed_dim], n_agents)
-        self.bias = mlp(state_dim, [embed_dim], 1)
+        self.n_agents, self.embed_dim = n_agents, embed_dim
+        self.hyper_w1 = nn.Linear(state_dim, n_agents * embed_dim)
+        self.hyper_w_final = nn.Linear(state_dim, embed_dim)
 
     def k(self, state: torch.Tensor) -> torch.Tensor:
-        return self.weights(state).abs()
-
-    def b(self, state: torch.Tensor) -> torch.Tensor:
-        return self.bias(state).squeeze(-1)
+        """``[..., n]``: non-negative, summing to 1 over agents."""
+        w1 = self.hyper_w1(state).abs().view(*state.shape[:-1], self.n_agents, self.embed_dim)
+        k = (w1 * self.hyper_w_final(state).abs().unsqueeze(-2)).sum(-1)
+        return k / k.sum(-1, keepdim=True).clamp(min=1e-10)
 
     def forward(self, agent_qs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        return (self.k(state) * agent_qs).sum(-1) + self.b(state)
+        return (self.k(state) * agent_qs).sum(-1)
 
 
 class FOPMixer(nn.Module):
