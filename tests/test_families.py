@@ -154,16 +154,37 @@ def test_soft_value_with_alpha_and_with_omega_and_rho_by_hand():
     torch.testing.assert_close((optimum * (q - 2.0 * (optimum.log() - rho.log()))).sum(), expected_rho)
 
 
-def test_fop_mixer_weights_are_positive_and_reduce_to_the_sum_at_zero_advantage():
+def test_fop_mixer_weights_are_positive_and_reduce_to_the_attention_sum_at_zero_advantage():
     torch.manual_seed(0)
-    mixer = FOPMixer(STATE_DIM, N_AGENTS, N_ACTIONS, n_heads=2, embed_dim=8)
-    state = torch.randn(10, STATE_DIM)
+    obs_dim = 6
+    mixer = FOPMixer(STATE_DIM, obs_dim, N_AGENTS, N_ACTIONS, n_heads=2, embed_dim=8, attention_dim=8)
+    state, observation = torch.randn(10, STATE_DIM), torch.randn(10, N_AGENTS, obs_dim)
     actions = torch.randint(N_ACTIONS, (10, N_AGENTS))
     assert (mixer.lambda_weights(state, actions) > 0).all()
+    weights, logits = mixer.attention(state, observation)
+    assert (weights > 0).all() and logits.shape == (10, 2, N_AGENTS)
+    torch.testing.assert_close(weights.sum(-1), torch.full((10,), 2.0))  # a softmax over agents per head, summed
     agent_qs = torch.randn(10, N_AGENTS)
-    # with Q_i = V_i the IGO correction vanishes: Q_tot = sum_i Q_i + V(s)
-    q_tot = mixer(agent_qs, agent_qs, state, actions)
-    torch.testing.assert_close(q_tot, agent_qs.sum(-1) + mixer.value(state).squeeze(-1))
+    # with Q_i = V_i the IGO correction vanishes: Q_tot = sum_i w_i Q_i + V(s)
+    q_tot, _ = mixer(agent_qs, agent_qs, state, actions, observation)
+    torch.testing.assert_close(q_tot, (weights * agent_qs).sum(-1) + mixer.value(state).squeeze(-1))
+    # and in general: sum_i w_i V_i + V(s) + sum_i lambda_i w_i (Q_i - V_i), in value
+    values = torch.randn(10, N_AGENTS)
+    q_tot, _ = mixer(agent_qs, values, state, actions, observation)
+    lam = mixer.lambda_weights(state, actions)
+    expected = (weights * values).sum(-1) + mixer.value(state).squeeze(-1) + (lam * weights * (agent_qs - values)).sum(-1)
+    torch.testing.assert_close(q_tot, expected)
+
+
+def test_fop_acts_and_learns_with_the_plain_softmax():
+    # The authors' FOP baseline has no epsilon: the behaviour probabilities are the policy's softmax.
+    module = Fop()
+    logits = torch.randn(5, N_AGENTS, N_ACTIONS)
+    available = torch.rand(5, N_AGENTS, N_ACTIONS) > 0.3
+    available[..., 0] = True
+    assert module.epsilon == 0.0
+    for mode in ("explore", "sample"):
+        torch.testing.assert_close(module.policy_log_probs(logits, available, mode).exp(), torch.softmax(logits.masked_fill(~available, -1e10), -1))
 
 
 def test_fop_actor_objective_by_hand():

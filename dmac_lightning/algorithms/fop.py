@@ -1,12 +1,15 @@
 """FOP (Zhang et al., 2021) and FOP+DMAC (paper Sec. 5.2, App. C.1).
 
-Both use FOP's networks: the agent GRU policy; two per-agent soft critics ``Q_i(o_i, .)`` (MLPs over
-observation and agent id) each with its own FOP mixer ``Q_tot = sum_i Q_i + V(s) + sum_i (lambda_i(s,a)
-- 1)(Q_i - V_i)`` (IGO), double critics (the minimum is used), and target critics.
+Both use FOP's networks as the authors' FOP baseline has them: the agent GRU policy; two per-agent
+soft critics ``Q_i(tau_i, .)`` (GRU networks over observation, last action and agent id) each with its
+own FOP mixer ``Q_tot = sum_i w_i Q_i + V(s) + sum_i (lambda_i(s,a) - 1) w_i (Q_i - V_i)`` (IGO,
+attention weights ``w_i``, whose logits are regularised), double critics (the minimum is used), and
+target critics.
 
-FOP: entropy temperature ``alpha`` decayed linearly; individual values ``V_i = alpha logsumexp(Q_i /
-alpha)``; critic TD(lambda) targets from next actions sampled from the current policy, minus
-``alpha mean_i log pi_i(a'_i)``; actor ``sum_a pi_i(a) (alpha log pi_i(a) - Q_i(a))``. Greedy evaluation.
+FOP: the plain softmax policy (no epsilon); entropy temperature ``alpha`` decayed linearly;
+individual values ``V_i = alpha logsumexp(Q_i / alpha)``; critic TD(lambda) targets from next actions
+sampled from the current policy, minus ``alpha mean_i log pi_i(a'_i)``; actor ``sum_a pi_i(a) (alpha
+log pi_i(a) - Q_i(a))``; the actor first, then the critic. Greedy evaluation.
 
 FOP+DMAC: every ``alpha log pi_i`` becomes ``omega log(pi_i / rho_i)``: ``V_i = omega log sum_a
 rho_i(a) exp(Q_i(a) / omega)``, the critic learns DMAC's regularised TD(lambda) targets with the
@@ -26,7 +29,7 @@ from dmac_lightning.algorithms.base import MultiAgentModule
 from dmac_lightning.algorithms.dmac import DivergenceRegularized
 from dmac_lightning.algorithms.episodes import EpisodeBatch
 from dmac_lightning.envs.common import EnvInfo
-from dmac_lightning.networks import FOPMixer, individual_critic_inputs, mlp
+from dmac_lightning.networks import AgentRNN, FOPMixer, agent_input_dim
 from dmac_lightning.policy import gather_actions, linear_schedule, sample
 from dmac_lightning.returns import lambda_returns, masked_mean
 from dmac_lightning.targets import freeze, hard_target_updates
@@ -40,13 +43,14 @@ class Fop(MultiAgentModule):
         td_lambda: TD(lambda) factor of the critic targets, in [0, 1].
         alpha_start, alpha_finish, alpha_anneal_steps: linear decay of the entropy temperature over
             env steps (FOP: ``max(0.05, 0.5 - t / 200000)``, i.e. 0.5 -> 0.05 over 90k steps).
-        critic_hidden_dims: hidden widths of each per-agent critic MLP.
-        mixer_heads: heads of the mixer's lambda weights.
-        mixing_embed_dim: hidden width of the mixer's V(s).
+        critic_hidden_dim: width of each per-agent GRU critic.
+        mixer_heads: heads of the mixer's attention and lambda weights.
+        mixing_embed_dim: hidden width of the mixer's V(s), and of its attention queries and keys.
+        attention_regularization: weight of the mean squared attention logits (per head) in the critic loss.
         target_update_interval: copy critics and mixers into their targets every this many collected
             episodes (FOP, like PyMARL, counts episodes: 200).
-        epsilon_start, epsilon_finish, epsilon_anneal_steps: epsilon-uniform mixing of the policy.
-        **kwargs: shared settings of :class:`MultiAgentModule`.
+        **kwargs: shared settings of :class:`MultiAgentModule` (the epsilon_* exploration is off: FOP
+            samples from the plain softmax).
     """
 
     evaluates_greedily = True
@@ -59,32 +63,34 @@ class Fop(MultiAgentModule):
         alpha_start: float = 0.5,
         alpha_finish: float = 0.05,
         alpha_anneal_steps: int = 90_000,
-        critic_hidden_dims: list[int] = [64, 64],  # noqa: B006 - LightningCLI reads the default
+        critic_hidden_dim: int = 64,
         mixer_heads: int = 4,
         mixing_embed_dim: int = 32,
+        attention_regularization: float = 1e-3,
         target_update_interval: int = 200,
-        epsilon_start: float = 1.0,
-        epsilon_finish: float = 0.05,
-        epsilon_anneal_steps: int = 50_000,
         **kwargs: Any,
     ) -> None:
-        super().__init__(epsilon_start=epsilon_start, epsilon_finish=epsilon_finish, epsilon_anneal_steps=epsilon_anneal_steps, **kwargs)
+        super().__init__(**kwargs)
         check_range("model.td_lambda", td_lambda, 0.0, 1.0)
         check_range("model.alpha_start", alpha_start, 0.0, INF, low_open=True)
         check_range("model.alpha_finish", alpha_finish, 0.0, INF, low_open=True)
         check_positive_int("model.target_update_interval", target_update_interval)
+        check_positive_int("model.critic_hidden_dim", critic_hidden_dim)
+        check_range("model.attention_regularization", attention_regularization, 0.0, INF)
         self.td_lambda = td_lambda
         self.alpha_schedule = (alpha_start, alpha_finish, alpha_anneal_steps)
-        self.critic_hidden_dims, self.mixer_heads, self.mixing_embed_dim = list(critic_hidden_dims), mixer_heads, mixing_embed_dim
+        self.critic_hidden_dim, self.mixer_heads, self.mixing_embed_dim = critic_hidden_dim, mixer_heads, mixing_embed_dim
+        self.attention_regularization = attention_regularization
         self.target_update_interval = target_update_interval
 
     def build(self, info: EnvInfo) -> None:
         self.actor = self.make_agent_network()
-        self.critics = nn.ModuleList(
-            mlp(info.obs_dim + info.n_agents, self.critic_hidden_dims, info.n_actions) for _ in range(2)
-        )
+        input_dim = agent_input_dim(info.obs_dim, info.n_agents, info.n_actions, self.last_action_input)
+        self.critics = nn.ModuleList(AgentRNN(input_dim, info.n_actions, self.critic_hidden_dim) for _ in range(2))
         self.mixers = nn.ModuleList(
-            FOPMixer(info.state_dim, info.n_agents, info.n_actions, self.mixer_heads, self.mixing_embed_dim) for _ in range(2)
+            FOPMixer(info.state_dim, info.obs_dim, info.n_agents, info.n_actions, self.mixer_heads, self.mixing_embed_dim,
+                     self.mixing_embed_dim)
+            for _ in range(2)
         )
         self.target_critics = freeze(copy.deepcopy(self.critics))
         self.target_mixers = freeze(copy.deepcopy(self.mixers))
@@ -102,9 +108,8 @@ class Fop(MultiAgentModule):
         return linear_schedule(*self.alpha_schedule, step=self.env_steps)
 
     def individual_q(self, critics: nn.ModuleList, episodes: EpisodeBatch) -> list[torch.Tensor]:
-        """``Q_i(o_i, .)`` of both critics, each ``[B, L, n, A]``."""
-        inputs = individual_critic_inputs(episodes.observation)
-        return [critic(inputs) for critic in critics]
+        """``Q_i(tau_i, .)`` of both critics over whole stored episodes, each ``[B, L, n, A]``."""
+        return [self.unroll(critic, episodes) for critic in critics]
 
     # -- hooks that differ between FOP and FOP+DMAC ---------------------------------------------
     def soft_values(self, q_values: torch.Tensor, log_rho: torch.Tensor | None) -> torch.Tensor:
@@ -117,7 +122,7 @@ class Fop(MultiAgentModule):
 
     def critic_targets(self, episodes: EpisodeBatch, log_pi: torch.Tensor, log_rho: torch.Tensor | None) -> torch.Tensor:
         next_actions = sample(log_pi)  # FOP: a' ~ the current policy
-        next_q_tot = self.mixed_q(self.target_critics, self.target_mixers, episodes, next_actions, log_rho, slice(None))
+        next_q_tot = self.target_values(episodes, next_actions, log_rho)
         returns = lambda_returns(
             episodes.reward, episodes.terminated, episodes.joint_step_mask, next_q_tot[:, 1:], self.gamma, self.td_lambda
         )
@@ -127,16 +132,21 @@ class Fop(MultiAgentModule):
     # -- shared machinery -----------------------------------------------------------------------
     def mixed_q(
         self, critics: nn.ModuleList, mixers: nn.ModuleList, episodes: EpisodeBatch, actions: torch.Tensor,
-        log_rho: torch.Tensor | None, steps: slice, minimum: bool = True,
-    ) -> torch.Tensor | list[torch.Tensor]:
-        """``Q_tot`` of each critic/mixer pair at ``actions`` over ``steps`` (their minimum by default)."""
-        state = episodes.state[:, steps]
+        log_rho: torch.Tensor | None, steps: slice,
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(Q_tot, attention logits)`` of each critic/mixer pair at ``actions`` over ``steps``."""
+        state, observation = episodes.state[:, steps], episodes.observation[:, steps]
         rho = None if log_rho is None else log_rho[:, steps]
         totals = []
         for q_values, mixer in zip(self.individual_q(critics, episodes), mixers):
             q_values = q_values[:, steps]
-            totals.append(mixer(gather_actions(q_values, actions), self.soft_values(q_values, rho), state, actions))
-        return torch.minimum(*totals) if minimum else totals
+            totals.append(mixer(gather_actions(q_values, actions), self.soft_values(q_values, rho), state, actions, observation))
+        return totals
+
+    def target_values(self, episodes: EpisodeBatch, actions: torch.Tensor, log_rho: torch.Tensor | None) -> torch.Tensor:
+        """The smaller of the two target ``Q_tot`` at ``actions`` for every slot ``[B, L]``."""
+        (first, _), (second, _) = self.mixed_q(self.target_critics, self.target_mixers, episodes, actions, log_rho, slice(None))
+        return torch.minimum(first, second)
 
     # -- the steps (FOP: the actor first, then the critic with the updated policy) --------------
     def actor_step(self, episodes: EpisodeBatch) -> None:
@@ -162,13 +172,15 @@ class Fop(MultiAgentModule):
         log_rho = self.log_rho(episodes)
         with torch.no_grad():
             targets = self.critic_targets(episodes, self.log_policy(self.actor, episodes), log_rho)
-        q_tots = self.mixed_q(self.critics, self.mixers, episodes, episodes.actions[:, steps], log_rho, steps, minimum=False)
-        critic_loss = sum(masked_mean((q_tot - targets) ** 2, episodes.joint_step_mask) for q_tot in q_tots)
-        self.critic_optimizer_step(critic_loss)
+        mixed = self.mixed_q(self.critics, self.mixers, episodes, episodes.actions[:, steps], log_rho, steps)
+        critic_loss = sum(masked_mean((q_tot - targets) ** 2, episodes.joint_step_mask) for q_tot, _ in mixed)
+        # FOP's attention regulariser: per head, the mean squared logit (over real steps and agents)
+        attention = sum(masked_mean(logits**2, episodes.step_mask.unsqueeze(-1)) * logits.shape[-2] for _, logits in mixed)
+        self.critic_optimizer_step(critic_loss + self.attention_regularization * attention)
         self.record(
             **{
                 "loss/critic": critic_loss,
-                "critic/q_taken": masked_mean(q_tots[0].detach(), episodes.joint_step_mask),
+                "critic/q_taken": masked_mean(mixed[0][0].detach(), episodes.joint_step_mask),
                 "critic/target": masked_mean(targets, episodes.joint_step_mask),
             }
         )
@@ -184,7 +196,7 @@ class FopDmac(DivergenceRegularized, Fop):
     """
 
     def __init__(self, **kwargs: Any) -> None:
-        # Not used: omega takes the entropy temperature's place; the target networks are soft.
+        # Not used: omega takes the entropy temperature's place; the target critic follows target_critic_*.
         super().__init__(alpha_start=1.0, alpha_finish=1.0, alpha_anneal_steps=1, target_update_interval=1, **kwargs)
         if self.omega <= 0:
             raise ValueError(f"model.omega must be > 0 for FopDmac (it is the soft value's temperature), got {self.omega!r}")
@@ -201,5 +213,4 @@ class FopDmac(DivergenceRegularized, Fop):
 
     def critic_targets(self, episodes: EpisodeBatch, log_pi: torch.Tensor, log_rho: torch.Tensor | None) -> torch.Tensor:
         actions = episodes.bootstrap_actions(log_pi)
-        values = self.mixed_q(self.target_critics, self.target_mixers, episodes, actions, log_rho, slice(None))
-        return self.regularized_targets(episodes, values, actions, log_pi, log_rho)
+        return self.regularized_targets(episodes, self.target_values(episodes, actions, log_rho), actions, log_pi, log_rho)

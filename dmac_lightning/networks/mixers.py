@@ -63,19 +63,28 @@ class LinearDecompositionMixer(nn.Module):
 
 
 class FOPMixer(nn.Module):
-    """FOP's mixer (Zhang et al., 2021): ``Q_tot = sum_i Q_i + V(s) + sum_i (lambda_i(s,a) - 1) [Q_i - V_i]``.
+    """FOP's mixer (Zhang et al., 2021) as the authors' FOP baseline has it:
+    ``Q_tot = sum_i w_i Q_i + V(s) + sum_i (lambda_i(s, a) - 1) w_i (Q_i - V_i)``.
 
-    ``lambda_i(s, a) > 0`` is a multi-head product of a state key, a state-agent gate and a
-    state-action gate; the advantage ``Q_i - V_i`` enters without gradient, as in the published code.
+    ``w_i(s) > 0``: multi-head attention (summed over heads, so ``sum_i w_i = n_heads``) of a state
+    query on per-agent keys; ``lambda_i(s, a) > 0``: a multi-head product of a state key, a
+    state-agent gate and a state-action gate; ``V(s)``: an MLP. The advantage term enters without
+    gradient, as in the published code. The published keys read each ally's block of SMAC's state
+    vector; ours read each agent's observation, which every env has (docs/algorithms.md).
     """
 
-    def __init__(self, state_dim: int, n_agents: int, n_actions: int, n_heads: int = 4, embed_dim: int = 32) -> None:
+    def __init__(
+        self, state_dim: int, obs_dim: int, n_agents: int, n_actions: int, n_heads: int = 4, embed_dim: int = 32,
+        attention_dim: int = 32, hypernet_dim: int = 64,
+    ) -> None:
         super().__init__()
-        self.n_agents, self.n_actions, self.n_heads = n_agents, n_actions, n_heads
+        self.n_agents, self.n_actions, self.n_heads, self.attention_dim = n_agents, n_actions, n_heads, attention_dim
         self.head_keys = nn.Linear(state_dim, n_heads)
         self.head_agents = nn.Linear(state_dim, n_heads * n_agents)
         self.head_actions = nn.Linear(state_dim + n_agents * n_actions, n_heads * n_agents)
         self.value = mlp(state_dim, [embed_dim], 1)
+        self.queries = nn.Sequential(nn.Linear(state_dim, hypernet_dim), nn.ReLU(), nn.Linear(hypernet_dim, n_heads * attention_dim, bias=False))
+        self.keys = nn.Linear(obs_dim, n_heads * attention_dim, bias=False)
 
     def lambda_weights(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         batch_shape = actions.shape[:-1]
@@ -85,11 +94,24 @@ class FOPMixer(nn.Module):
         chosen = torch.sigmoid(self.head_actions(torch.cat([state, joint], -1))).view(*batch_shape, self.n_heads, self.n_agents)
         return (key * agents * chosen).sum(-2)
 
-    def forward(self, agent_qs: torch.Tensor, agent_values: torch.Tensor, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """``agent_qs``, ``agent_values [..., n]`` (Q_i(a_i), V_i), ``state [..., S]``, ``actions [..., n]`` -> ``[...]``."""
-        advantage = (agent_qs - agent_values).detach()
-        weighted = (advantage * (self.lambda_weights(state, actions) - 1)).sum(-1)
-        return weighted + agent_qs.sum(-1) + self.value(state).squeeze(-1)
+    def attention(self, state: torch.Tensor, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``w [..., n]`` and the attention logits ``[..., heads, n]`` (for the regulariser)."""
+        batch_shape = observation.shape[:-2]
+        query = self.queries(state).view(*batch_shape, self.n_heads, 1, self.attention_dim)
+        keys = self.keys(observation).view(*batch_shape, self.n_agents, self.n_heads, self.attention_dim).transpose(-2, -3)
+        logits = (query * keys).sum(-1)  # [..., heads, n]
+        weights = torch.softmax(logits / self.attention_dim**0.5, dim=-1).sum(-2) + 1e-10
+        return weights, logits
+
+    def forward(
+        self, agent_qs: torch.Tensor, agent_values: torch.Tensor, state: torch.Tensor, actions: torch.Tensor, observation: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``agent_qs``, ``agent_values [..., n]`` (Q_i(a_i), V_i), ``state [..., S]``, ``actions [..., n]``,
+        ``observation [..., n, O]`` -> ``Q_tot [...]`` and the attention logits."""
+        weights, logits = self.attention(state, observation)
+        advantage = (weights * (agent_qs - agent_values)).detach()
+        corrected = (advantage * (self.lambda_weights(state, actions) - 1)).sum(-1)
+        return corrected + (weights * agent_qs).sum(-1) + self.value(state).squeeze(-1), logits
 
 
 def counterfactual_q(mixer: nn.Module, q_values: torch.Tensor, actions: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
