@@ -268,3 +268,39 @@ def test_dop_critic_steps_once_per_timestep_on_fresh_and_replayed_errors_in_one_
             q = critic(individual_critic_inputs(episodes.observation[:, :1], episodes.state[:, :1]))
             errors.append(mixer(gather_actions(q, episodes.actions[:, :1]), episodes.state[:, :1]) - targets[:, :1])
         torch.testing.assert_close(module.losses[0], (torch.cat(errors) ** 2).mean())
+
+
+def test_maac_target_subtracts_the_entropy_term_outside_the_discount_and_the_termination():
+    from dmac_lightning.algorithms.episodes import EpisodeBatch
+    from dmac_lightning.envs import EnvInfo
+    from tensordict import TensorDict
+
+    maac = Maac(alpha=0.5, gamma=0.9)
+    maac.configure_env(EnvInfo(n_agents=2, n_actions=2, obs_dim=3, state_dim=4, episode_limit=3))
+    maac.target_values = lambda episodes, actions: torch.full(actions.shape, 3.0)  # Qbar(s', a') = 3 everywhere
+    batch = TensorDict(
+        {
+            "agents": {"observation": torch.zeros(1, 3, 2, 3), "action_mask": torch.ones(1, 3, 2, 2, dtype=torch.bool),
+                       "action": torch.zeros(1, 3, 2, dtype=torch.long)},
+            "state": torch.zeros(1, 3, 4), "reward": torch.tensor([[[1.0], [2.0], [0.0]]]),
+            "terminated": torch.tensor([[[False], [True], [False]]]), "filled": torch.tensor([[True, True, False]]),
+        },
+        batch_size=[1, 3],
+    )
+    episodes = EpisodeBatch(batch, n_actions=2)
+    uniform = torch.full((1, 3, 2, 2), 0.5).log()  # mu: log mu(a') = log 0.5 whatever a' is drawn
+    targets = maac.critic_targets(episodes, uniform, uniform)
+    entropy = -0.5 * torch.log(torch.tensor(0.5))  # -alpha log mu(a')
+    # step 0: 1 + 0.9 * 3 - alpha log mu ; step 1 (terminated): 2 - alpha log mu (MAAC: outside gamma and the done mask)
+    torch.testing.assert_close(targets, torch.stack([1 + 0.9 * 3 + entropy, 2 + entropy]).expand(2, 2).T[None])
+
+
+def test_maac_clips_and_weight_decay_as_published():
+    from dmac_lightning.envs import EnvInfo
+
+    maac = Maac()
+    maac.configure_env(EnvInfo(n_agents=3, n_actions=2, obs_dim=3, state_dim=4, episode_limit=3))
+    critic, actor = maac.configure_optimizers()
+    assert maac.critic_grad_clip_norm == 30.0 and maac.grad_clip_norm == 0.5  # 10 x n_agents; the policy's 0.5
+    assert {g["weight_decay"] for g in critic.param_groups} == {1e-3} and {g["weight_decay"] for g in actor.param_groups} == {0}
+    assert isinstance(critic, torch.optim.RMSprop) and isinstance(actor, torch.optim.RMSprop)  # the paper's optimiser

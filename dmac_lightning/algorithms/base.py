@@ -271,17 +271,24 @@ class MultiAgentModule(pl.LightningModule):
         """Actions for the actor loss ``[B, T, n]``: the stored ones (on-policy policy gradient)."""
         return episodes.actions[:, episodes.decisions]
 
-    def optimizer_step(self, optimizer: Any, loss: torch.Tensor) -> None:
-        """Backward, clip and step one optimiser (manual optimisation)."""
+    def optimizer_step(self, optimizer: Any, loss: torch.Tensor, clip_norm: float | None = None) -> None:
+        """Backward, clip the gradient norm (``grad_clip_norm`` unless given; 0: no clip) and step one
+        optimiser (manual optimisation)."""
+        clip_norm = self.grad_clip_norm if clip_norm is None else clip_norm
         optimizer.zero_grad()
         self.manual_backward(loss)
-        if self.grad_clip_norm > 0:
-            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip_norm, gradient_clip_algorithm="norm")
+        if clip_norm > 0:
+            self.clip_gradients(optimizer, gradient_clip_val=clip_norm, gradient_clip_algorithm="norm")
         optimizer.step()
+
+    @property
+    def critic_grad_clip_norm(self) -> float:
+        """The critic's gradient-norm clip (``grad_clip_norm`` unless a family clips its critic apart)."""
+        return self.grad_clip_norm
 
     def critic_optimizer_step(self, loss: torch.Tensor) -> None:
         """One step of the critic's optimiser, counted in ``critic_steps``."""
-        self.optimizer_step(self.critic_optimizer, loss)
+        self.optimizer_step(self.critic_optimizer, loss, self.critic_grad_clip_norm)
         self.critic_steps += 1
 
     # -- logging --------------------------------------------------------------------------------

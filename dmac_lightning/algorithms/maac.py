@@ -4,10 +4,11 @@ Both use MAAC's networks with parameter sharing and a GRU in policy and critic (
 agent GRU policy, its target policy, and the attention critic giving ``Q_i(tau, (., a_-i))`` for all
 of agent i's actions.
 
-MAAC: soft (entropy-regularised) one-step targets ``r + gamma (Qbar_i(s', a') - alpha log mu_i(a'_i))``
-with next actions from the target policy mu; actor ``E[log pi_i (alpha log pi_i - A_i)]`` with the
-counterfactual advantage on actions drawn from the current policies; target policy and target critic
-soft-updated with ``tau``; attention-logit and policy-logit regularisers.
+MAAC: soft (entropy-regularised) one-step targets ``r + gamma (1 - d) Qbar_i(s', a') - alpha log mu_i(a'_i)``
+(the entropy term outside the discount, as MAAC's code has it) with next actions from the target
+policy mu; actor ``E[log pi_i (alpha log pi_i - A_i)]`` with the counterfactual advantage on actions
+drawn from the current policies; target policy and target critic soft-updated with ``tau``;
+attention-logit and policy-logit regularisers; MAAC's gradient clips and critic weight decay.
 
 MAAC+DMAC: the same networks; only the update rules change: the target policy becomes rho, the
 critic learns the divergence-regularised targets with the stored next action, and the actor follows
@@ -43,8 +44,13 @@ class Maac(MultiAgentModule):
         critic_hidden_dim: width of the critic's encoders and GRU.
         attention_heads: attention heads of the critic.
         attention_dim: size of each attention head (paper: 32).
-        attention_regularization: weight of the squared attention logits in the critic loss.
+        attention_regularization: weight of the squared attention logits (mean per head, summed over
+            heads) in the critic loss.
         policy_regularization: weight of the squared policy logits in the actor loss.
+        critic_weight_decay: L2 weight decay of the critic's optimiser (MAAC: 1e-3).
+        critic_grad_clip_per_agent: the critic's gradient-norm clip is this times the number of agents
+            (MAAC: 10).
+        grad_clip_norm: the policy's gradient-norm clip (MAAC: 0.5).
         **kwargs: shared settings of :class:`MultiAgentModule`.
     """
 
@@ -60,10 +66,16 @@ class Maac(MultiAgentModule):
         attention_dim: int = 32,
         attention_regularization: float = 1e-3,
         policy_regularization: float = 1e-3,
+        critic_weight_decay: float = 1e-3,
+        critic_grad_clip_per_agent: float = 10.0,
+        grad_clip_norm: float = 0.5,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(grad_clip_norm=grad_clip_norm, **kwargs)
         check_range("model.alpha", alpha, 0.0, INF)
+        check_range("model.critic_weight_decay", critic_weight_decay, 0.0, INF)
+        check_range("model.critic_grad_clip_per_agent", critic_grad_clip_per_agent, 0.0, INF)
+        self.critic_weight_decay, self.critic_grad_clip_per_agent = critic_weight_decay, critic_grad_clip_per_agent
         check_range("model.tau", tau, 0.0, 1.0, low_open=True)
         check_range("model.td_lambda", td_lambda, 0.0, 1.0)
         self.alpha, self.tau, self.td_lambda = alpha, tau, td_lambda
@@ -80,7 +92,14 @@ class Maac(MultiAgentModule):
         self.target_critic = freeze(copy.deepcopy(self.critic))
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.rmsprop(self.critic.parameters(), self.lr_critic), self.rmsprop(self.actor.parameters(), self.lr_actor)]
+        critic = self.rmsprop(self.critic.parameters(), self.lr_critic)
+        for group in critic.param_groups:
+            group["weight_decay"] = self.critic_weight_decay
+        return [critic, self.rmsprop(self.actor.parameters(), self.lr_actor)]
+
+    @property
+    def critic_grad_clip_norm(self) -> float:
+        return self.critic_grad_clip_per_agent * self.env_info.n_agents
 
     def configure_callbacks(self) -> list:
         return [target_policy_update(self.tau), *soft_target_updates(self.tau, *self.target_networks)]
@@ -103,12 +122,14 @@ class Maac(MultiAgentModule):
         return gather_actions(self.target_critic(self.histories(self.target_critic, episodes), actions)[0], actions)
 
     def critic_targets(self, episodes: EpisodeBatch, log_pi: torch.Tensor, log_rho: torch.Tensor) -> torch.Tensor:
-        """Soft targets with next actions from the target policy ``mu``, ``[B, T, n]``."""
+        """Soft targets with next actions from the target policy ``mu``, ``[B, T, n]``: the entropy term
+        is subtracted outside the discount and the termination mask, as in MAAC's code."""
         actions = sample(log_rho)
-        soft_next = (self.target_values(episodes, actions) - self.alpha * gather_actions(log_rho, actions))[:, 1:]
-        return lambda_returns(
-            episodes.reward[..., None], episodes.terminated[..., None], episodes.step_mask, soft_next, self.gamma, self.td_lambda
+        returns = lambda_returns(
+            episodes.reward[..., None], episodes.terminated[..., None], episodes.step_mask,
+            self.target_values(episodes, actions)[:, 1:], self.gamma, self.td_lambda,
         )
+        return returns - self.alpha * gather_actions(log_rho, actions)[:, 1:]
 
     # -- actor ----------------------------------------------------------------------------------
     def advantage(
@@ -127,7 +148,7 @@ class Maac(MultiAgentModule):
         q_values, attention_logits = self.critic(self.histories(self.critic, episodes)[:, steps], taken)
         q_taken = gather_actions(q_values, taken)
         critic_loss = masked_mean((q_taken - targets) ** 2, episodes.step_mask)
-        regularizer = self.attention_regularization * (attention_logits**2).mean() if attention_logits.numel() else 0.0
+        regularizer = self.attention_regularization * self.attention_heads * (attention_logits**2).mean() if attention_logits.numel() else 0.0
         self.critic_optimizer_step(critic_loss + regularizer)
         self.record(
             **{

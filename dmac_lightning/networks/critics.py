@@ -112,17 +112,18 @@ class AttentionCritic(nn.Module):
         return out.view(steps, batch, n_agents, self.hidden_dim).permute(1, 0, 2, 3)
 
     def forward(self, histories: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``histories [..., n, H]``, ``actions [..., n]`` -> ``Q [..., n, A]`` and the attention logits."""
+        """``histories [..., n, H]``, ``actions [..., n]`` -> ``Q [..., n, A]`` and the attention logits
+        (unscaled, of agent pairs i != j, flattened; MAAC regularises their squares)."""
         batch_shape = actions.shape[:-1]
         n, heads, dim = self.n_agents, self.n_heads, self.attention_dim
         encoded = F.relu(self.action_encoder(torch.cat([histories, F.one_hot(actions, self.n_actions).float()], -1)))
         query = self.queries(histories).view(*batch_shape, n, heads, dim)
         key = self.keys(encoded).view(*batch_shape, n, heads, dim)
         value = self.values(encoded).view(*batch_shape, n, heads, dim)
-        logits = torch.einsum("...ihd,...jhd->...hij", query, key) / math.sqrt(dim)
+        logits = torch.einsum("...ihd,...jhd->...hij", query, key)
         if n > 1:
             others = ~torch.eye(n, dtype=torch.bool, device=actions.device)
-            weights = torch.softmax(logits.masked_fill(~others, float("-inf")), dim=-1)
+            weights = torch.softmax((logits / math.sqrt(dim)).masked_fill(~others, float("-inf")), dim=-1)
             attended = torch.einsum("...hij,...jhd->...ihd", weights, value).reshape(*batch_shape, n, heads * dim)
             logits = logits.masked_select(others.expand_as(logits))
         else:  # alone: nothing to attend to
