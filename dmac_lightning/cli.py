@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Any
+import re
+import sys
+from typing import Any, NoReturn
 
+from pytorch_lightning import seed_everything
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -70,11 +73,47 @@ class ConfigError(ValueError):
     """A configuration the CLI rejects before training starts."""
 
 
+def model_settings(class_name: str) -> list[str]:
+    """The settings an algorithm accepts (its own and its parents', as the CLI resolves them)."""
+    parser = LightningArgumentParser()
+    parser.add_class_arguments(ALGORITHMS[class_name], "m")
+    return [action.dest[2:] for action in parser._actions if action.dest.startswith("m.")]
+
+
+def explain(message: str) -> str:
+    """One line saying what is wrong, naming the setting as a config writes it, what is allowed and
+    what was given, from a (possibly nested, multi-line) jsonargparse or setting-check message."""
+    if message.startswith(("model.", "data.", "evaluation.")):  # ours, unwrapped (with any instructions that follow)
+        return message
+    for line in message.splitlines():  # a setting check of ours, wherever jsonargparse nested it
+        line = line.strip().removeprefix("- ").strip()
+        if line.startswith(("model.", "data.", "evaluation.")):
+            return line
+    named = re.search(r"class_path '([\w.]+)'", message)
+    class_name = named.group(1).rsplit(".", 1)[-1] if named else None
+    wrong_type = re.search(r'Parser key "(\w+)":\s*Expected a <class \'(\w+)\'>\. Got value: (.*)', message)
+    if class_name in ALGORITHMS and wrong_type:
+        key, expected, given = wrong_type.groups()
+        return f"model.{key} must be a {expected}, got {given.strip()!r}"
+    unknown_setting = re.search(r"Option '(\w+)' is not accepted", message)
+    if class_name in ALGORITHMS and unknown_setting:
+        return f"model.{unknown_setting.group(1)}: not a setting of {class_name}; allowed: {', '.join(model_settings(class_name))}"
+    if 'key "model"' in message or message.startswith("model") or "class_path" in message:
+        given = re.search(r"path but (\S+) either|class_path '([^']+)'|Given value: (\S+)", message)
+        name = next((g for g in given.groups() if g), "?") if given else "?"
+        return f"model: unknown algorithm {name!r}; allowed values: {', '.join(ALGORITHMS)}"
+    return message
+
+
 class DMACArgumentParser(LightningArgumentParser):
-    def error(self, message: str, *args: Any, **kwargs: Any) -> None:
-        if "model" in message and ("import path" in message or "class_path" in message or "has no attribute" in message):
-            message = f"model: unknown algorithm; allowed values: {', '.join(ALGORITHMS)}\n{message}"
-        super().error(message, *args, **kwargs)
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        """The explanation as the first line of the error, without the usage dump."""
+        message = explain(message)
+        if not self.exit_on_error:
+            super().error(message, ex)
+        self._logger.error(message)
+        sys.stderr.write(f"error: {message}\ntip: {self.prog} --help lists every setting; add --print_config to see the resolved config\n")
+        self.exit(2)
 
 
 class DMACCLI(LightningCLI):
@@ -94,6 +133,13 @@ class DMACCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {name: keys for name, keys in LightningCLI.subcommands().items() if name in ("fit", "test")}
+
+    def _set_seed(self) -> None:
+        # Lightning's, without its log line: a config error found next must be the first line a user sees.
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        seed = config.get("seed_everything")
+        if seed is not False:
+            config["seed_everything"] = seed_everything(None if seed is True else seed, workers=True, verbose=False)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(Evaluation, "evaluation")

@@ -129,8 +129,13 @@ def test_python_dash_m_and_the_console_script_are_the_same_cli(tmp_path):
         (["--data.batch_size", "6000"], r"batch_size \(6000\) is larger than the replay buffer"),
         (["--data.env", "starcraft"], r"unknown env 'starcraft'; allowed values: .*stochastic_game"),
         (["--data.env_kwargs", '{"n_agents": 0}'], r"n_agents must be an integer >= 1"),
-        (["--model", "Qlearning"], r"unknown algorithm; allowed values: .*ComaDmac"),
+        (["--model", "Qlearning"], r"model: unknown algorithm 'Qlearning'; allowed values: .*ComaDmac"),
         (["--ckpt_path", "last"], r"no run of stochastic_game/ComaDmac has a last.ckpt"),
+        (["--model.init_args.lr_actor", "nan"], r"model.lr_actor must be a float, got 'nan'"),
+        (["--model.init_args.omega", "abc"], r"model.omega must be a float, got 'abc'"),
+        (["--model.init_args.omegaa", "0.1"], r"model.omegaa: not a setting of ComaDmac; allowed: omega, tau, .*lr_actor"),
+        (["--model.class_path", "my.Algorithm"], r"model: unknown algorithm 'my.Algorithm'; allowed values: Coma, ComaDmac"),
+        (["--model.init_args.target_critic_copy_every", "0"], r"model.target_critic_copy_every must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_config_fails_before_training_naming_the_field(tmp_path, monkeypatch, capsys, args, message):
@@ -138,11 +143,12 @@ def test_bad_config_fails_before_training_naming_the_field(tmp_path, monkeypatch
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", *COMA_DMAC, *args])
     assert exit_info.value.code == 2
-    assert re.search(message, capsys.readouterr().err)
+    first_line = capsys.readouterr().err.splitlines()[0]  # the cause first, no usage dump before it
+    assert first_line.startswith("error: ") and re.search(message, first_line), first_line
     assert not glob.glob(str(tmp_path / "lightning_logs" / "**" / "*.ckpt"), recursive=True)
 
 
 def test_a_config_error_exits_with_status_2_from_the_console(tmp_path):
     result = run(tmp_path, "fit", *COMA_DMAC, "--model.init_args.omega", "-0.5", expect_ok=False)
     assert result.returncode == 2
-    assert "model.omega must be in [0.0, inf], got -0.5" in result.stderr
+    assert result.stderr.splitlines()[0] == "error: model.omega must be in [0.0, inf], got -0.5"
