@@ -14,6 +14,7 @@ setup(
         "tensorboard==2.21.0",
         "jsonargparse[signatures]>=4.39,<5",
         "numpy",
+        "scipy",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout", "hypothesis", "matplotlib"],

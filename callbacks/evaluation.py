@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info
 
 from dmac_lightning.evaluation import Evaluator
+from dmac_lightning.loggers import log_metrics
 from dmac_lightning.validation import check_positive_int
 
 
@@ -70,8 +71,7 @@ class Evaluation(pl.Callback):
             return {}
         metrics = self.evaluator.run(pl_module, trainer.datamodule)
         self.last = {"env_steps": steps, **metrics}
-        if trainer.logger is not None:
-            trainer.logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=steps)
+        log_metrics(trainer, {f"eval/{k}": v for k, v in metrics.items()}, step=steps)
         rank_zero_info(f"eval @ {steps} env steps: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         return metrics
 

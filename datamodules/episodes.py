@@ -30,6 +30,7 @@ from torchrl.envs import EnvBase, TensorDictPrimer, TransformedEnv
 from datamodules.assembler import EpisodeAssembler, trim_to_longest
 from datamodules.rng import restore_rng_state, rng_state
 from dmac_lightning.envs import EnvInfo, check_env_config, env_metadata, make_env
+from dmac_lightning.loggers import log_hyperparams, log_metrics
 from dmac_lightning.validation import INF, check_positive_int, check_range
 
 Regime = Literal["off_policy", "on_policy", "mixed"]
@@ -204,8 +205,8 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.env = self.make_env(self.n_envs, self.seed)
         self.env_info = self.env.info
         metadata = env_metadata(self.env_name)
-        if metadata and self.trainer is not None and self.trainer.logger is not None:
-            self.trainer.logger.log_hyperparams(metadata)
+        if metadata:
+            log_hyperparams(self.trainer, metadata)
         capacity = self.buffer_size
         if self.regime == "on_policy":
             if self.batch_size > self.recent_window:
@@ -307,8 +308,7 @@ class EpisodeDataModule(pl.LightningDataModule):
             if now > then:
                 self.last_collect["train/env_steps_per_s"] = (self.env_steps - steps_then) / (now - then)
         self._log_clock = (now, self.env_steps)
-        if self.trainer is not None and self.trainer.logger is not None and self.trainer.is_global_zero:
-            self.trainer.logger.log_metrics(self.last_collect, step=self.env_steps)
+        log_metrics(self.trainer, self.last_collect, step=self.env_steps)
 
     def _buffer_ready(self) -> bool:
         if self.buffer is None:

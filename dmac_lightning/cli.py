@@ -171,11 +171,21 @@ class DMACCLI(LightningCLI):
         class_path = config.model.class_path
         if class_path.rsplit(".", 1)[-1] not in ALGORITHMS:
             raise ConfigError(f"model: unknown algorithm {class_path!r}; allowed values: {', '.join(ALGORITHMS)}")
-        logger = config.trainer.logger
-        init_args = getattr(logger, "init_args", None)
-        if init_args is None or getattr(init_args, "name", None) != AUTO:
+        loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
+        named = []
+        for logger in loggers:
+            init_args = getattr(logger, "init_args", None)
+            if init_args is None:
+                continue
+            if getattr(init_args, "save_dir", None) == LOG_ROOT and config.trainer.default_root_dir:
+                # Lightning's habit: runs go under --trainer.default_root_dir unless a save_dir is given.
+                init_args.save_dir = os.path.join(config.trainer.default_root_dir, LOG_ROOT)
+            if getattr(init_args, "name", None) == AUTO:
+                init_args.name = run_name(class_path, config.data.env, config.data.env_kwargs)
+                named.append(init_args)
+        if not named:
             return
-        init_args.name = run_name(class_path, config.data.env, config.data.env_kwargs)
+        init_args = named[0]
         if config.ckpt_path == "last":
             found = newest_run_checkpoint(init_args.save_dir, init_args.name)
             if found is None:
@@ -183,7 +193,9 @@ class DMACCLI(LightningCLI):
                     f"--ckpt_path last: no run of {init_args.name} has a last.ckpt under "
                     f"{os.path.join(init_args.save_dir, init_args.name)}"
                 )
-            config.ckpt_path, init_args.version = found
+            config.ckpt_path, version = found
+            for other in named:
+                other.version = version
 
 
 def main(args: list[str] | None = None) -> None:

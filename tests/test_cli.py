@@ -152,3 +152,31 @@ def test_a_config_error_exits_with_status_2_from_the_console(tmp_path):
     result = run(tmp_path, "fit", *COMA_DMAC, "--model.init_args.omega", "-0.5", expect_ok=False)
     assert result.returncode == 2
     assert result.stderr.splitlines()[0] == "error: model.omega must be in [0.0, inf], got -0.5"
+
+
+def test_default_root_dir_places_the_runs_and_an_explicit_save_dir_wins(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    short = [*COMA_DMAC, *FAST, "--data.max_env_steps", "200", "--data.warmup_episodes", "0"]
+    main(["fit", *short, "--trainer.default_root_dir", str(tmp_path / "elsewhere")])
+    assert (tmp_path / "elsewhere" / "lightning_logs" / "stochastic_game" / "ComaDmac" / "version_0" / "checkpoints" / "last.ckpt").exists()
+    assert not (tmp_path / "lightning_logs").exists()
+    main(["fit", *short, "--trainer.default_root_dir", str(tmp_path / "elsewhere"), "--trainer.logger.init_args.save_dir", str(tmp_path / "mine")])
+    assert (tmp_path / "mine" / "stochastic_game" / "ComaDmac" / "version_0" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_a_csv_logger_gets_the_same_tags_as_tensorboard(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    short = [*COMA_DMAC, *FAST, "--data.max_env_steps", "400", "--data.warmup_episodes", "0", "--trainer.log_every_n_steps", "1"]
+    main(["fit", *short])
+    main(["fit", *short, "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", "csv_logs", "--trainer.logger.name", "auto"])
+    with open(tmp_path / "csv_logs" / "stochastic_game" / "ComaDmac" / "version_0" / "metrics.csv") as f:
+        csv_tags = set(f.readline().strip().split(",")) - {"step", "epoch"}
+    assert REQUIRED_TAGS <= csv_tags
+    assert csv_tags == set(scalars(str(tmp_path / "lightning_logs" / "stochastic_game" / "ComaDmac" / "version_0")))
+
+
+def test_the_progress_bar_counts_env_steps_against_the_budget(tmp_path):
+    result = run(tmp_path, "fit", *COMA_DMAC, *FAST[:-2], "--data.max_env_steps", "400", "--data.warmup_episodes", "0")
+    bar = result.stdout.replace("\r", "\n")
+    assert re.search(r"env steps: 100%.*\b400/400 \[.* steps/s, return=.*eval_return_ratio=", bar), bar[-2000:]
+    assert "Epoch" not in bar and "/?" not in bar  # no unknown total

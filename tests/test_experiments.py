@@ -89,12 +89,45 @@ def test_plots_and_table_from_synthetic_logs(tmp_path):
     assert [row.split("|")[1].strip() for row in rows] == ["coma", "coma_dmac", "qmix_dmac", "COMA", "0.01", "1"]
     # coma_dmac's final ratio: mean over the 3 seeds of 0.8 + 0.01 * seed = 0.81
     # cover rate: final 0.6; over training the line from 0 to 0.6 averages 0.3
-    assert "| coma_dmac | 3 | 0.810 ± 0.025 | 0.600 ± 0.000 | 0.300 ± 0.000 |" in table
+    # (IQM of 0.80, 0.81, 0.82: trim_mean cuts int(0.25 * 3) = 0 runs per end, so the mean)
+    assert "| coma_dmac | 3 | 0.810 ± 0.025 | 0.810 [0.80" in table and "| 0.600 ± 0.000 | 0.300 ± 0.000 |" in table
     assert "| COMA | +0.300 [" in table and "+DMAC better" in table
+    exported = json.loads((out / "marl_eval.json").read_text())
+    run = exported["stochastic_game"]["default"]["coma_dmac"]["run_2"]
+    assert [run[f"step_{i}"]["step_count"] for i in range(3)] == [0, 5000, 10000]
+    assert run["step_2"]["return_ratio"] == pytest.approx([0.82]) and run["absolute_metrics"]["return_ratio"] == pytest.approx([0.82])
     # omega 1: final ratio 0.9 + 0.01 * seed; cover rate from 0 to 0.5, 0.25 over training
     assert "| 1 | 3 | 0.910 ± 0.025 | 0.250 ± 0.000 |" in table
 
 
 def test_mean_ci_uses_student_t():
     mean, half = plots.mean_ci(np.array([1.0, 2.0, 3.0]))
-    assert mean == pytest.approx(2.0) and half == pytest.approx(4.303 * 1.0 / np.sqrt(3))
+    assert mean == pytest.approx(2.0) and half == pytest.approx(4.303 * 1.0 / np.sqrt(3), rel=1e-4)
+
+
+def test_interquartile_mean_and_its_bootstrap_interval_by_hand():
+    # 5 runs: a quarter cut at each end is int(1.25) = 1 run: the mean of 2, 3, 4
+    assert plots.iqm(np.array([100.0, 1.0, 3.0, 2.0, 4.0])) == pytest.approx(3.0)
+    low, high = plots.iqm_bootstrap_ci(np.array([1.0, 2.0, 3.0, 4.0, 100.0]))
+    assert 1.0 <= low <= 3.0 <= high <= 100.0
+    assert plots.iqm_bootstrap_ci(np.array([2.0, 2.0, 2.0])) == (2.0, 2.0)
+
+
+def test_welch_difference_interval_and_p_value_by_hand():
+    base, other = np.array([1.0, 2.0, 3.0]), np.array([4.0, 6.0, 8.0])
+    difference, half, p = plots.welch(base, other)
+    # variances of the means 1/3 and 4/3; Welch dof = (5/3)^2 / ((1/3)^2 / 2 + (4/3)^2 / 2) = 2.94
+    dof = (5 / 3) ** 2 / ((1 / 3) ** 2 / 2 + (4 / 3) ** 2 / 2)
+    from scipy import stats
+
+    assert difference == pytest.approx(4.0) and half == pytest.approx(stats.t.ppf(0.975, dof) * np.sqrt(5 / 3))
+    assert p == pytest.approx(2 * stats.t.sf(4.0 / np.sqrt(5 / 3), dof))
+
+
+def test_csv_logs_are_read_like_tensorboard_events(tmp_path):
+    run = tmp_path / "sw" / "coma" / "seed_0"
+    run.mkdir(parents=True)
+    (run / "metrics.csv").write_text("eval/return_ratio,step,train/cover_rate\n0.1,0,\n,240,0.5\n0.4,5000,\n")
+    scalars = plots.read_scalars(str(run))
+    assert scalars["eval/return_ratio"][0].tolist() == [0, 5000] and scalars["eval/return_ratio"][1].tolist() == pytest.approx([0.1, 0.4])
+    assert scalars["train/cover_rate"][0].tolist() == [240]

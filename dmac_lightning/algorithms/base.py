@@ -25,6 +25,7 @@ from dmac_lightning.algorithms.episodes import EpisodeBatch
 from dmac_lightning.algorithms.metrics import MetricMeans
 from dmac_lightning.envs.common import ACTION, ACTION_MASK, OBSERVATION, EnvInfo
 from dmac_lightning.evaluation import Evaluator
+from dmac_lightning.loggers import log_metrics
 from dmac_lightning.networks import AgentRNN, agent_input_dim, agent_inputs
 from dmac_lightning.policy import epsilon_mixed_log_probs, greedy, linear_schedule, masked_log_softmax, sample
 from dmac_lightning.targets import ran_an_update
@@ -306,8 +307,8 @@ class MultiAgentModule(pl.LightningModule):
 
     def flush_metrics(self) -> None:
         means = self.metrics.compute()
-        if means and self.logger is not None and self.trainer.is_global_zero:
-            self.logger.log_metrics(means, step=self.env_steps)
+        if means:
+            log_metrics(self.trainer, means, step=self.env_steps)
 
     def on_train_epoch_end(self) -> None:
         if getattr(self.trainer.datamodule, "budget_reached", False):

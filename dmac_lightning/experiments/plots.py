@@ -8,32 +8,32 @@ Reads ``<runs>/<run>/seed_<s>/events.*`` (the sweep runner's layout). Writes
 * ``learning_curves.png``: per family (COMA, MAAC, QMIX, DOP, FOP), baseline vs +DMAC, mean and
   95% confidence interval over seeds of ``--metric`` against env steps (Fig. 1);
 * ``cover_rate.png``: the same for ``train/cover_rate`` (Fig. 5);
-* ``summary.md``: final metric, final and mean-over-training cover rate per run (mean ± 95% CI over
-  seeds), and for each
-  family whether +DMAC beat its baseline (difference of means with its 95% CI, Welch);
+* ``summary.md``: final metric (mean ± 95% Student-t CI over seeds, and the interquartile mean with
+  a bootstrap CI), final and mean-over-training cover rate per run, and for each family whether
+  +DMAC beat its baseline (difference of means with its 95% CI and Welch's test);
+* ``marl_eval.json``: the evaluations in marl-eval's raw-data layout;
 * with ``--omega-runs``: ``omega_sweep.png``, final return vs cover rate per omega (Fig. 2/6).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import glob
+import json
 import math
 import os
 import re
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 from dmac_lightning.algorithms.registry import FAMILIES, algorithm
 
-# Two-sided 95% Student-t quantiles for 1..30 degrees of freedom; 1.96 beyond.
-_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
-
-
-def t95(dof: int) -> float:
-    return _T95[dof - 1] if 1 <= dof <= len(_T95) else 1.96
+def t95(dof: float) -> float:
+    """The two-sided 95% Student-t quantile."""
+    return float(stats.t.ppf(0.975, dof))
 
 
 def mean_ci(samples: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -46,8 +46,40 @@ def mean_ci(samples: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]
     return mean, t95(n - 1) * samples.std(axis, ddof=1) / math.sqrt(n)
 
 
+def iqm(samples: np.ndarray) -> float:
+    """The interquartile mean: the mean of the middle half (a quarter of the runs cut at each end,
+    Agarwal et al., 2021), robust to an outlying seed."""
+    return float(stats.trim_mean(np.asarray(samples, dtype=float), 0.25))
+
+
+def iqm_bootstrap_ci(samples: np.ndarray, resamples: int = 5000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the IQM over runs (resampling runs with replacement)."""
+    samples = np.asarray(samples, dtype=float)
+    if len(samples) < 2:
+        return iqm(samples), iqm(samples)
+    draws = np.random.default_rng(seed).choice(samples, size=(resamples, len(samples)), replace=True)
+    values = stats.trim_mean(draws, 0.25, axis=1)
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def welch(base: np.ndarray, other: np.ndarray) -> tuple[float, float, float]:
+    """``other - base``: the difference of means, the half-width of its 95% interval (Welch-
+    Satterthwaite degrees of freedom) and Welch's two-sided p-value."""
+    base, other = np.asarray(base, dtype=float), np.asarray(other, dtype=float)
+    variance_base, variance_other = base.var(ddof=1) / len(base), other.var(ddof=1) / len(other)
+    dof = (variance_base + variance_other) ** 2 / max(
+        variance_base**2 / (len(base) - 1) + variance_other**2 / (len(other) - 1), 1e-300
+    )
+    difference = other.mean() - base.mean()
+    half = t95(dof) * math.sqrt(variance_base + variance_other)
+    p_value = float(stats.ttest_ind(other, base, equal_var=False).pvalue) if variance_base + variance_other > 0 else float(difference == 0)
+    return float(difference), float(half), p_value
+
+
 def read_scalars(run_dir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Every scalar tag of a run: (env steps, values), merged over its event files (resumes)."""
+    """Every scalar tag of a run: (env steps, values), merged over its TensorBoard event files and CSV
+    logs (``metrics.csv`` of ``--trainer.logger CSVLogger``; several after resumes)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     merged: dict[str, dict[int, float]] = {}
@@ -56,6 +88,13 @@ def read_scalars(run_dir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         events.Reload()
         for tag in events.Tags()["scalars"]:
             merged.setdefault(tag, {}).update({e.step: e.value for e in events.Scalars(tag)})
+    for path in sorted(glob.glob(os.path.join(run_dir, "**", "metrics.csv"), recursive=True)):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                step = int(float(row.pop("step")))
+                for tag, value in row.items():
+                    if value not in ("", None):
+                        merged.setdefault(tag, {})[step] = float(value)
     return {tag: (np.array(sorted(v)), np.array([v[k] for k in sorted(v)])) for tag, v in merged.items()}
 
 
@@ -141,8 +180,8 @@ def plot_families(groups: dict[str, RunGroup], tag: str, path: str, ylabel: str)
 def summary_table(groups: dict[str, RunGroup], tag: str) -> str:
     """Markdown: final metric and cover rate per run label, then +DMAC vs baseline per family."""
     lines = [
-        f"| run | seeds | final {tag} | final train/cover_rate | mean train/cover_rate over training |",
-        "|---|---|---|---|---|",
+        f"| run | seeds | final {tag} | IQM final {tag} [95% bootstrap CI] | final train/cover_rate | mean train/cover_rate over training |",
+        "|---|---|---|---|---|---|",
     ]
     for label in sorted(groups):
         group = groups[label]
@@ -153,30 +192,61 @@ def summary_table(groups: dict[str, RunGroup], tag: str) -> str:
                 cells.append(f"{float(mean):.3f} ± {float(ci):.3f}")
             else:
                 cells.append("n/a")
+        finals = group.finals(tag)
+        if len(finals):
+            low, high = iqm_bootstrap_ci(finals)
+            cells.insert(1, f"{iqm(finals):.3f} [{low:.3f}, {high:.3f}]")
+        else:
+            cells.insert(1, "n/a")
         lines.append(f"| {label} | {len(group.seeds)} | {' | '.join(cells)} |")
-    lines.insert(0, "Each cell: mean ± half-width of the 95% confidence interval over seeds (Student t). Final: the mean over the last 10% of a run's env steps.\n")
-    lines += ["", f"| family | +DMAC minus baseline, final {tag} (95% CI, Welch) | verdict |", "|---|---|---|"]
+    lines.insert(
+        0,
+        "Each cell: mean ± half-width of the 95% confidence interval over seeds (Student t), and the interquartile "
+        "mean with a 95% percentile-bootstrap interval. Final: the mean over the last 10% of a run's env steps.\n",
+    )
+    lines += ["", f"| family | +DMAC minus baseline, final {tag} (95% CI, Welch) | Welch p | verdict |", "|---|---|---|---|"]
     for family in FAMILIES:
         if family not in groups or f"{family}_dmac" not in groups:
             continue
         base, dmac = groups[family].finals(tag), groups[f"{family}_dmac"].finals(tag)
         if len(base) < 2 or len(dmac) < 2:
             continue
-        difference = dmac.mean() - base.mean()
-        variance_base, variance_dmac = base.var(ddof=1) / len(base), dmac.var(ddof=1) / len(dmac)
-        standard_error = math.sqrt(variance_base + variance_dmac)
-        dof = (variance_base + variance_dmac) ** 2 / max(
-            variance_base**2 / (len(base) - 1) + variance_dmac**2 / (len(dmac) - 1), 1e-300
-        )
-        half = t95(max(1, int(dof))) * standard_error
+        difference, half, p_value = welch(base, dmac)
         if difference - half > 0:
             verdict = "+DMAC better"
         elif difference + half < 0:
             verdict = "baseline better"
         else:
             verdict = "no significant difference"
-        lines.append(f"| {family.upper()} | {difference:+.3f} [{difference - half:+.3f}, {difference + half:+.3f}] | {verdict} |")
+        lines.append(
+            f"| {family.upper()} | {difference:+.3f} [{difference - half:+.3f}, {difference + half:+.3f}] | {p_value:.3f} | {verdict} |"
+        )
     return "\n".join(lines) + "\n"
+
+
+def marl_eval_json(groups: dict[str, RunGroup], env: str, task: str) -> dict:
+    """The runs in marl-eval's raw-data layout (``env -> task -> algorithm -> run_<seed> -> step_<i>``),
+    each evaluation a step with its ``step_count`` (env steps) and metrics, ``absolute_metrics`` the
+    last evaluation. We log each evaluation's mean, so every metric list holds that one value."""
+    metrics = {"eval/return": "return", "eval/return_ratio": "return_ratio", "eval/win_rate": "win_rate"}
+    tree: dict = {}
+    for label, group in sorted(groups.items()):
+        algorithm_runs = tree.setdefault(env, {}).setdefault(task, {}).setdefault(label, {})
+        for index, seed in enumerate(group.seeds):
+            present = {name: seed[tag] for tag, name in metrics.items() if tag in seed}
+            if not present:
+                continue
+            steps = sorted(set().union(*(x.tolist() for x, _ in present.values())))
+            run: dict = {}
+            for i, step in enumerate(steps):
+                entry: dict = {"step_count": int(step)}
+                for name, (x, y) in present.items():
+                    if step in x:
+                        entry[name] = [float(y[list(x).index(step)])]
+                run[f"step_{i}"] = entry
+            run["absolute_metrics"] = {name: [float(y[-1])] for name, (_, y) in present.items()}
+            algorithm_runs[f"run_{index}"] = run
+    return tree
 
 
 def omega_points(groups: dict[str, RunGroup]) -> list[tuple[float, RunGroup]]:
@@ -229,6 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--metric", default="eval/return_ratio")
     parser.add_argument("--omega-runs", default=None, help="a sweep directory of <config>-omega<value> runs")
+    parser.add_argument("--env-name", default="stochastic_game", help="the env's name in marl_eval.json")
+    parser.add_argument("--task-name", default="default", help="the task's (map's) name in marl_eval.json")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     groups = load(args.runs)
@@ -239,9 +311,14 @@ def main(argv: list[str] | None = None) -> None:
     omega_groups = load(args.omega_runs) if args.omega_runs else {}
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(summary_table(groups, args.metric) + (omega_table(omega_groups, args.metric) if omega_groups else ""))
+    with open(os.path.join(args.out, "marl_eval.json"), "w") as f:
+        json.dump(marl_eval_json(groups, args.env_name, args.task_name), f, indent=1)
     if omega_groups:
         plot_omega_sweep(omega_groups, args.metric, os.path.join(args.out, "omega_sweep.png"), groups.get("coma"))
-    print(f"wrote {args.out}/learning_curves.png, cover_rate.png, summary.md" + (", omega_sweep.png" if args.omega_runs else ""))
+    print(
+        f"wrote {args.out}/learning_curves.png, cover_rate.png, summary.md, marl_eval.json"
+        + (", omega_sweep.png" if args.omega_runs else "")
+    )
 
 
 if __name__ == "__main__":
