@@ -126,7 +126,7 @@ class MultiAgentModule(pl.LightningModule):
         return AgentRNN(input_dim, n_outputs or info.n_actions, self.hidden_dim)
 
     def rmsprop(self, parameters: Any, lr: float) -> torch.optim.RMSprop:
-        return torch.optim.RMSprop(parameters, lr=lr, alpha=self.rmsprop_alpha, eps=self.rmsprop_eps)
+        return torch.optim.RMSprop(parameters, lr=lr, alpha=self.rmsprop_alpha, eps=self.rmsprop_eps, foreach=True)
 
     # ``configure_optimizers`` returns ``[critic, actor]`` (or ``[critic]`` without an actor).
     @property
