@@ -82,6 +82,9 @@ class EpisodeDataModule(pl.LightningDataModule):
         warmup_episodes: no updates until the buffer holds this many episodes (the authors' DMAC and
             FOP: 100).
         buffer_size: replay capacity in episodes (on-policy algorithms keep only ``recent_window``).
+        checkpoint_buffer: save the replay buffer's episodes in every checkpoint, so that a resumed
+            run continues with the buffer it had (single-process runs; several ranks refill theirs).
+            Turn off for huge buffers: a checkpoint then holds only the networks and counters.
         max_env_steps: training stops once this many env steps (summed over ranks) were collected.
         env_steps_per_epoch: a Lightning epoch, and so a checkpoint, every this many env steps.
         seed: rollout seed; defaults to the run's ``seed_everything``. Rank r uses ``seed + r``.
@@ -100,6 +103,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         recent_window: int | None = None,
         warmup_episodes: int = 0,
         buffer_size: int = 5000,
+        checkpoint_buffer: bool = True,
         max_env_steps: int = 100_000,
         env_steps_per_epoch: int = 10_000,
         seed: int | None = None,
@@ -136,6 +140,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.update_credit = Fraction(0)  # updates earned by collected episodes and not yet run
         self.batch_size, self.buffer_size = batch_size, buffer_size
         self.recent_episodes, self.recent_window, self.warmup_episodes = recent_episodes, recent_window, warmup_episodes
+        self.checkpoint_buffer = checkpoint_buffer
         self.max_env_steps, self.env_steps_per_epoch = max_env_steps, env_steps_per_epoch
         self._seed, self._env_device = seed, env_device
         self.env: EnvBase | None = None
@@ -154,6 +159,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.last_collect: dict[str, float] = {}
         self._log_clock: tuple[float, int] | None = None
         self._pending_rng: dict | None = None
+        self._pending_buffer: dict | None = None
         self._rank_streams_seeded = False
         self._every_rank_ready: bool | None = None
         self._module: pl.LightningModule | None = None
@@ -217,6 +223,7 @@ class EpisodeDataModule(pl.LightningDataModule):
                 )
             capacity = self.recent_window
         self.buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(capacity, device=self.device), batch_size=self.batch_size)
+        self._restore_buffer()
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(EpisodeStream(self), batch_size=None, collate_fn=_identity)
@@ -364,6 +371,14 @@ class EpisodeDataModule(pl.LightningDataModule):
         }
         if self.env is not None and hasattr(self.env, "checkpoint_state"):
             state["env"] = self.env.checkpoint_state()
+        if self.checkpoint_buffer and self.buffer is not None and len(self.buffer):
+            # The stored episodes by position (plain tensors: the checkpoint loads with weights_only=True),
+            # the writer's cursor and which are the newest: the resumed buffer samples as this one would.
+            state["buffer"] = {
+                "episodes": self.buffer.storage.get(torch.arange(len(self.buffer))).cpu().state_dict(),
+                "writer": self.buffer.writer.state_dict(),
+                "newest": self.newest.clone(),
+            }
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -373,7 +388,11 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.update_credit = Fraction(*state_dict.get("update_credit", (0, 1)))
         if "env" in state_dict and hasattr(self.env, "load_checkpoint_state"):
             self.env.load_checkpoint_state(state_dict["env"])
-        self._pending_rng = state_dict.get("rng") if state_dict.get("world_size", 1) == self.world_size == 1 else None
+        single_process = state_dict.get("world_size", 1) == self.world_size == 1
+        self._pending_rng = state_dict.get("rng") if single_process else None
+        # Rank 0's buffer would be every rank's: several ranks collect their own again instead.
+        self._pending_buffer = state_dict.get("buffer") if single_process else None
+        self._restore_buffer()
         if self._pending_rng is None:
             # Several ranks share one saved state: give each rank its own stream again.
             generator_seed = self.seed * 1_000_003 + self.env_steps
@@ -382,6 +401,25 @@ class EpisodeDataModule(pl.LightningDataModule):
             if self.env is not None:
                 self.env.set_seed(generator_seed)
         self._log_clock = None
+
+    def _restore_buffer(self) -> None:
+        """Put a checkpoint's episodes back, at the positions they had (once the buffer exists)."""
+        saved, buffer = self._pending_buffer, self.buffer
+        if saved is None or buffer is None:
+            return
+        self._pending_buffer = None
+        episodes = TensorDict().load_state_dict(saved["episodes"], strict=False)
+        episodes = episodes.exclude("index").to(self.device)  # the buffer writes its own "index"
+        capacity = buffer.storage.max_size
+        if episodes.batch_size[0] > capacity:
+            raise ValueError(
+                f"the checkpoint's replay buffer holds {episodes.batch_size[0]} episodes, more than this run's "
+                f"(data.buffer_size, or data.recent_window for on-policy algorithms: {capacity}); resume with the "
+                "data settings the checkpoint was trained with, or data.checkpoint_buffer false"
+            )
+        buffer.extend(episodes)
+        buffer.writer.load_state_dict(saved["writer"])
+        self.newest = saved["newest"].clone()
 
     def _apply_pending_rng(self) -> None:
         rng, self._pending_rng = self._pending_rng, None

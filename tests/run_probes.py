@@ -18,7 +18,7 @@ class FailAt(pl.Callback):
 
 
 class DumpAtTrainStart(pl.Callback):
-    """Write what a (resumed) run starts from: module weights, optimiser states, env-step counter."""
+    """Write what a (resumed) run starts from: module weights, optimiser states, counters, replay buffer."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -30,6 +30,10 @@ class DumpAtTrainStart(pl.Callback):
                 "state_dict": {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()},
                 "optimizer_states": [o.state_dict() for o in trainer.optimizers],
                 "env_steps": trainer.datamodule.env_steps,
+                "episodes": trainer.datamodule.episodes,
+                "update_credit": (trainer.datamodule.update_credit.numerator, trainer.datamodule.update_credit.denominator),
+                "newest": trainer.datamodule.newest.clone(),
+                "buffer": trainer.datamodule.buffer.storage.get(torch.arange(len(trainer.datamodule.buffer))).exclude("index").cpu().to_dict(),
             },
             self.path,
         )

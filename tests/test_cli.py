@@ -4,10 +4,13 @@ import glob
 import json
 import os
 import re
+import signal
 import subprocess
+import time
 
 import pytest
 import torch
+from tensordict import TensorDict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import SMALL_GAME, config_args, dmac_command
@@ -180,3 +183,41 @@ def test_the_progress_bar_counts_env_steps_against_the_budget(tmp_path):
     bar = result.stdout.replace("\r", "\n")
     assert re.search(r"env steps: 100%.*\b400/400 \[.* steps/s, return=.*eval_return_ratio=", bar), bar[-2000:]
     assert "Epoch" not in bar and "/?" not in bar  # no unknown total
+
+
+def test_a_killed_run_resumes_with_the_checkpointed_replay_buffer_and_counters(tmp_path):
+    # kill -9 mid-run (no exception handler runs), then --ckpt_path last: the off-policy buffer is back
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+    args = [*COMA_DMAC, *FAST, "--data.warmup_episodes", "0"]
+    process = subprocess.Popen(dmac_command("fit", *args, "--data.max_env_steps", "100000"), cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "lightning_logs" / "stochastic_game" / "ComaDmac" / "version_0" / "checkpoints" / "last.ckpt"
+    deadline, saved_steps = time.monotonic() + 300, 0
+    try:
+        while saved_steps < 600 and time.monotonic() < deadline:  # wait for the third epoch's checkpoint
+            time.sleep(0.2)
+            try:
+                saved_steps = torch.load(last, weights_only=True)["EpisodeDataModule"]["env_steps"]
+            except (FileNotFoundError, RuntimeError, EOFError):
+                continue
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert saved_steps >= 600, "no checkpoint within 300 s"
+    saved = torch.load(last, weights_only=True)["EpisodeDataModule"]
+    assert len(saved["buffer"]["newest"]) > 0
+
+    dump = tmp_path / "resumed.pt"
+    run(tmp_path, "fit", *args, "--data.max_env_steps", str(saved["env_steps"] + 200), "--ckpt_path", "last",
+        *probe("DumpAtTrainStart", path=str(dump)))
+    start = torch.load(dump, weights_only=True)
+    assert (start["env_steps"], start["episodes"]) == (saved["env_steps"], saved["episodes"])
+    assert tuple(start["update_credit"]) == tuple(saved["update_credit"])
+    stored = TensorDict().load_state_dict(saved["buffer"]["episodes"], strict=False).exclude("index")
+    resumed = TensorDict(start["buffer"], batch_size=stored.batch_size)
+    assert stored.batch_size[0] == resumed.batch_size[0] > 0
+    for key in stored.keys(include_nested=True, leaves_only=True):
+        assert torch.equal(stored[key], resumed[key]), key
+    assert torch.equal(start["newest"], saved["buffer"]["newest"])
+    final = torch.load(last, weights_only=True)["EpisodeDataModule"]
+    assert final["env_steps"] >= saved["env_steps"] + 200  # and training went on from there

@@ -256,3 +256,24 @@ def test_stepping_in_collection_equals_unrolling_stored_episodes():
     with torch.no_grad():
         carried_on = module.actor.unroll(agent_inputs(rollout["agents", "observation"], last_actions))[:, limit:]
     assert not torch.allclose(carried_on, acted[:, limit:], atol=1e-3)
+
+
+def test_the_replay_buffer_goes_into_the_state_and_comes_back_sampling_as_before():
+    import io
+
+    data = connected(ComaDmac(), batch_size=3, buffer_size=10, recent_window=4)
+    for _ in range(4):  # 16 episodes into a buffer of 10: it wrapped around
+        data.collect()
+    saved = io.BytesIO()
+    torch.save(data.state_dict(), saved)
+    saved.seek(0)
+    resumed = connected(ComaDmac(), batch_size=3, buffer_size=10, recent_window=4)
+    resumed.load_state_dict(torch.load(saved, weights_only=True))
+    positions = torch.arange(10)
+    assert torch.equal(resumed.buffer.storage.get(positions)["agents", "action"], data.buffer.storage.get(positions)["agents", "action"])
+    assert resumed.buffer.writer.state_dict() == data.buffer.writer.state_dict() and torch.equal(resumed.newest, data.newest)
+    torch.manual_seed(3)
+    expected = data.sample()
+    torch.manual_seed(3)
+    assert torch.equal(resumed.sample()["agents", "observation"], expected["agents", "observation"])
+    assert "buffer" not in connected(ComaDmac(), checkpoint_buffer=False).state_dict()
