@@ -10,7 +10,7 @@ import pytest
 import torch
 from torchrl.envs.utils import check_env_specs
 
-from conftest import ALGORITHM_FILES, CONFIGS, ROOT, compose_and_check
+from conftest import ALGORITHM_FILES, CONFIGS, ROOT, compose_and_check, config_args
 from dmac_lightning.envs import check_env_config, make_env
 
 STAND_INS = os.path.join(ROOT, "tests", "stand_ins")
@@ -279,3 +279,44 @@ def test_every_algorithm_composes_with_every_paper_map(starcraft, monkeypatch, a
     assert maps == sorted(PAPER_MAPS)
     for map_name in maps:
         compose_and_check("smac", map_name, algorithm)
+
+
+SMACV2_SCENARIOS = [f"{race}_{n}_vs_{n}" for race in ("protoss", "terran", "zerg") for n in (5, 10)]
+
+
+def test_the_smacv2_scenario_files_are_smacv2s_standard_six():
+    scenarios = sorted(os.path.basename(path)[:-5] for path in glob.glob(os.path.join(CONFIGS, "smacv2", "*.yaml")))
+    assert scenarios == sorted(SMACV2_SCENARIOS)
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHM_FILES))
+def test_every_algorithm_composes_with_every_smacv2_scenario(starcraft, monkeypatch, algorithm):
+    from dmac_lightning.cli import DMACCLI
+
+    monkeypatch.chdir(starcraft)
+    for scenario in SMACV2_SCENARIOS:
+        race, n = scenario.split("_")[0], int(scenario.split("_")[1])
+        cli = DMACCLI(args=[*config_args(algorithm, "smacv2", scenario), "--trainer.logger", "false"], run=False)
+        assert type(cli.model).__name__ == ALGORITHM_FILES[algorithm]
+        kwargs = cli.datamodule.env_kwargs
+        assert cli.datamodule.env_name == "smacv2" and kwargs["map_name"] == f"10gen_{race}"
+        assert (kwargs["capability_config"]["n_units"], kwargs["capability_config"]["n_enemies"]) == (n, n)
+        assert kwargs["capability_config"]["start_positions"]["dist_type"] == "surrounded_and_reflect"
+        budget = 2_000_000 if algorithm.startswith("fop") else 10_050_000  # the FOP files carry the paper's SMAC budget
+        assert cli.datamodule.max_env_steps == budget
+
+
+def test_a_smacv2_scenario_plays_with_its_teams_size(starcraft, monkeypatch):
+    from dmac_lightning.cli import DMACCLI
+
+    monkeypatch.chdir(starcraft)
+    cli = DMACCLI(args=[*config_args("qmix_dmac", "smacv2", "zerg_10_vs_10"), "--data.n_envs", "2",
+                        "--data.env_kwargs.parallel", "false", "--trainer.logger", "false"], run=False)
+    data = cli.datamodule
+    env = data.make_env(2, seed=0)
+    assert (env.info.n_agents, env.info.n_actions) == (10, 6 + 10)
+    rollout = env.rollout(3, available_policy(), break_when_any_done=False)
+    assert rollout["agents", "observation"].shape == (2, 3, 10, env.info.obs_dim)
+    games = [game._game for game in env._envs]
+    assert all(game.env.episode_config["team_gen"]["ally_team"][:3] == ["zergling", "baneling", "hydralisk"] for game in games)
+    env.close()
