@@ -17,10 +17,11 @@ setup(
         "scipy",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout", "hypothesis", "matplotlib"],
+        "test": ["pytest>=8", "pytest-timeout", "hypothesis", "matplotlib", "wandb>=0.19"],
         "smax": ["jaxmarl==0.2.0"],
         "smac": ["pysc2", "protobuf>=4"],
         "plots": ["matplotlib"],
+        "wandb": ["wandb>=0.19"],
     },
     entry_points={
         "console_scripts": [

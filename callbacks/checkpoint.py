@@ -1,4 +1,5 @@
-"""Keep what was learned when a run dies: a checkpoint written from the exception handler."""
+"""Keep what was collected and learned: a checkpoint per epoch counted in env steps, and one written
+from the exception handler when a run dies."""
 
 from __future__ import annotations
 
@@ -6,9 +7,47 @@ import os
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_warn
 
 from dmac_lightning.targets import ran_an_update
+
+
+class EnvStepCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` with env steps as the clock: ``epoch=3-env_steps=1600.ckpt``.
+
+    Lightning skips a save when no optimizer step ran since the last one; here an epoch that only
+    collected (the warm-up, or ranks refilling their buffers after a resume) is saved too, because a
+    resumed run must not collect its env steps again.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("filename", "{epoch}-{env_steps}")
+        super().__init__(**kwargs)
+        self._last_env_steps_saved: int | None = None
+
+    @staticmethod
+    def _env_steps(trainer: pl.Trainer) -> int:
+        return int(getattr(trainer.datamodule, "env_steps", trainer.global_step))
+
+    def _should_skip_saving_checkpoint(self, trainer: pl.Trainer) -> bool:
+        return (
+            bool(trainer.fast_dev_run)
+            or trainer.state.fn != TrainerFn.FITTING
+            or trainer.sanity_checking
+            or self._last_env_steps_saved == self._env_steps(trainer)
+        )
+
+    def _monitor_candidates(self, trainer: pl.Trainer) -> dict[str, torch.Tensor]:
+        candidates = super()._monitor_candidates(trainer)
+        candidates["env_steps"] = torch.tensor(self._env_steps(trainer))
+        return candidates
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self._last_env_steps_saved = self._env_steps(trainer)
 
 
 class CrashCheckpoint(pl.Callback):

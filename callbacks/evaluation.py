@@ -9,6 +9,8 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from dmac_lightning.evaluation import Evaluator
 from dmac_lightning.loggers import log_metrics
+from dmac_lightning.envs import ENVS
+from dmac_lightning.rendering import log_animation, replay_directory, require_drawing
 from dmac_lightning.validation import check_positive_int
 
 
@@ -26,6 +28,9 @@ class Evaluation(pl.Callback):
         greedy: greedy actions instead of sampling; ``None`` uses the algorithm's published choice.
         at_start: also evaluate the initial policy.
         seed_offset: evaluation envs are seeded ``seed + seed_offset`` (apart from training envs).
+        render_episodes: with every evaluation, also record this many episodes to watch, into the run's
+            ``replays/`` directory: animated GIFs on SMAX (also in TensorBoard's images, ``eval/replay_<k>``),
+            StarCraft II replays of the evaluation games on SMAC.
     """
 
     def __init__(
@@ -36,9 +41,10 @@ class Evaluation(pl.Callback):
         greedy: bool | None = None,
         at_start: bool = True,
         seed_offset: int = 1_000_000,
+        render_episodes: int = 0,
     ) -> None:
         check_positive_int("evaluation.interval", interval)
-        self.evaluator = Evaluator(episodes, n_envs, greedy, seed_offset)
+        self.evaluator = Evaluator(episodes, n_envs, greedy, seed_offset, render_episodes)
         self.interval, self.at_start = interval, at_start
         self.next_at = 0
         self.last: dict[str, float] = {}
@@ -49,6 +55,9 @@ class Evaluation(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         pl_module.evaluator = self.evaluator  # what `dmac test` plays
+        env = ENVS.get(getattr(trainer.datamodule, "env", None))
+        if self.evaluator.render_episodes and env is not None and hasattr(env.factory, "snapshot"):
+            require_drawing()  # before training, not at the first evaluation
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         steps = trainer.datamodule.env_steps
@@ -72,8 +81,20 @@ class Evaluation(pl.Callback):
         metrics = self.evaluator.run(pl_module, trainer.datamodule)
         self.last = {"env_steps": steps, **metrics}
         log_metrics(trainer, {f"eval/{k}": v for k, v in metrics.items()}, step=steps)
+        record(trainer, pl_module, self.evaluator, f"eval_{steps}", step=steps)
         rank_zero_info(f"eval @ {steps} env steps: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         return metrics
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.evaluator.close()
+
+
+def record(trainer: pl.Trainer, pl_module: pl.LightningModule, evaluator: Evaluator, prefix: str, step: int) -> None:
+    """The evaluator's episodes to watch, into ``<run>/replays/`` and TensorBoard's images."""
+    if not evaluator.render_episodes:
+        return
+    gifs = evaluator.record(pl_module, trainer.datamodule, replay_directory(trainer), prefix)
+    for k, gif in enumerate(gifs.values()):
+        for logger in trainer.loggers:
+            log_animation(logger, f"{prefix.split('_')[0]}/replay_{k}", gif, step)
+

@@ -45,11 +45,20 @@ class RLProgressBar(TQDMProgressBar):
             self.train_progress_bar = self.init_train_tqdm()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        bar, data = self.train_progress_bar, trainer.datamodule
         now = time.monotonic()
-        if bar is None or bar.disable or data is None or not ran_an_update(outputs) or now - self._refreshed_at < self.refresh_seconds:
+        if ran_an_update(outputs) and now - self._refreshed_at >= self.refresh_seconds:
+            self._refreshed_at = now
+            self._show_env_steps(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the throttle above may have skipped the epoch's last collect; the bar must end where the data did
+        self._show_env_steps(trainer, pl_module)
+        super().on_train_epoch_end(trainer, pl_module)
+
+    def _show_env_steps(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        bar, data = self.train_progress_bar, trainer.datamodule
+        if bar is None or bar.disable or data is None:
             return
-        self._refreshed_at = now
         bar.n = min(data.env_steps, data.max_env_steps)
         bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
         bar.refresh()

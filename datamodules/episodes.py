@@ -29,7 +29,7 @@ from torchrl.envs import EnvBase, TensorDictPrimer, TransformedEnv
 
 from datamodules.assembler import EpisodeAssembler, trim_to_longest
 from datamodules.rng import restore_rng_state, rng_state
-from dmac_lightning.envs import EnvInfo, check_env_config, env_metadata, make_env
+from dmac_lightning.envs import EnvInfo, check_env_config, env_extra, env_metadata, make_env
 from dmac_lightning.loggers import log_hyperparams, log_metrics
 from dmac_lightning.validation import INF, check_positive_int, check_range
 
@@ -304,7 +304,9 @@ class EpisodeDataModule(pl.LightningDataModule):
             self.last_collect["train/win_rate"] = wins / max(count, 1)
         if self.dropped_episodes:
             self.last_collect["train/dropped_episodes"] = float(self.dropped_episodes)
-        self.last_collect.update({f"train/{k}": v for k, v in getattr(self.env, "train_metrics", dict)().items()})
+        train_metrics = env_extra(self.env, "train_metrics")
+        if train_metrics is not None:
+            self.last_collect.update({f"train/{k}": v for k, v in train_metrics().items()})
         self._log_collect()
         return episodes
 
@@ -369,8 +371,9 @@ class EpisodeDataModule(pl.LightningDataModule):
             "update_credit": (self.update_credit.numerator, self.update_credit.denominator),
             "rng": rng_state(),
         }
-        if self.env is not None and hasattr(self.env, "checkpoint_state"):
-            state["env"] = self.env.checkpoint_state()
+        checkpoint_state = env_extra(self.env, "checkpoint_state") if self.env is not None else None
+        if checkpoint_state is not None:
+            state["env"] = checkpoint_state()
         if self.checkpoint_buffer and self.buffer is not None and len(self.buffer):
             # The stored episodes by position (plain tensors: the checkpoint loads with weights_only=True),
             # the writer's cursor and which are the newest: the resumed buffer samples as this one would.
@@ -386,8 +389,9 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.episodes = int(state_dict["episodes"])
         self.collects = int(state_dict["collects"])
         self.update_credit = Fraction(*state_dict.get("update_credit", (0, 1)))
-        if "env" in state_dict and hasattr(self.env, "load_checkpoint_state"):
-            self.env.load_checkpoint_state(state_dict["env"])
+        load_checkpoint_state = env_extra(self.env, "load_checkpoint_state") if self.env is not None else None
+        if "env" in state_dict and load_checkpoint_state is not None:
+            load_checkpoint_state(state_dict["env"])
         single_process = state_dict.get("world_size", 1) == self.world_size == 1
         self._pending_rng = state_dict.get("rng") if single_process else None
         # Rank 0's buffer would be every rank's: several ranks collect their own again instead.

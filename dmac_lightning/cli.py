@@ -17,10 +17,9 @@ from typing import Any, NoReturn
 from pytorch_lightning import seed_everything
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from callbacks import Evaluation, RLProgressBar
-from callbacks.checkpoint import CrashCheckpoint
+from callbacks.checkpoint import CrashCheckpoint, EnvStepCheckpoint
 from datamodules import EpisodeDataModule
 from dmac_lightning.algorithms import ALGORITHMS, MultiAgentModule
 
@@ -41,9 +40,9 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 
 
 def persistent_callbacks(checkpointing: bool = True, progress_bar: bool = True) -> list:
-    """A checkpoint per epoch (``last.ckpt``) and one on exceptions, the RL progress bar; each unless
+    """A checkpoint per epoch (``last.ckpt``, named by env steps) and one on exceptions, the RL progress bar; each unless
     the trainer turns checkpointing or the progress bar off."""
-    callbacks: list = [ModelCheckpoint(save_last="link", every_n_epochs=1), CrashCheckpoint()] if checkpointing else []
+    callbacks: list = [EnvStepCheckpoint(save_last="link", every_n_epochs=1), CrashCheckpoint()] if checkpointing else []
     return callbacks + [RLProgressBar()] if progress_bar else callbacks
 
 
@@ -186,7 +185,7 @@ class DMACCLI(LightningCLI):
         if not named:
             return
         init_args = named[0]
-        if config.ckpt_path == "last":
+        if getattr(config, "ckpt_path", None) == "last":
             found = newest_run_checkpoint(init_args.save_dir, init_args.name)
             if found is None:
                 raise ConfigError(

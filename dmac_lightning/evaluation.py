@@ -5,14 +5,18 @@ training; ``dmac test`` plays them once."""
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from typing import Any, Callable
 
 import torch
 from tensordict import TensorDictBase
 from torchrl.envs import EnvBase
 
+from dmac_lightning.envs import env_extra
 from dmac_lightning.envs.common import BATTLE_WON, BROKEN
-from dmac_lightning.validation import check_positive_int
+from dmac_lightning.rendering import animation, record_episodes, require_drawing
+from dmac_lightning.validation import INF, check_positive_int, check_range
 
 
 @torch.no_grad()
@@ -53,7 +57,7 @@ def evaluate_episodes(
     }
     if reports_wins:
         metrics["win_rate"] = torch.cat(wins)[:episodes].float().mean().item()
-    optimum = getattr(env, "optimal_return", None)
+    optimum = env_extra(env, "optimal_return")
     if optimum:
         metrics["return_ratio"] = metrics["return"] / optimum
     return metrics
@@ -67,29 +71,69 @@ class Evaluator:
         n_envs: envs stepped in parallel (default: ``episodes``, one round).
         greedy: greedy actions instead of sampling; ``None`` uses the algorithm's published choice.
         seed_offset: evaluation envs are seeded ``seed + seed_offset`` (apart from training envs).
+        render_episodes: also record this many episodes to watch (0: none): animated GIFs where the env
+            can be drawn (SMAX), StarCraft II replays of the evaluation games where it records them (SMAC).
     """
 
-    def __init__(self, episodes: int = 20, n_envs: int | None = None, greedy: bool | None = None, seed_offset: int = 1_000_000) -> None:
+    def __init__(
+        self, episodes: int = 20, n_envs: int | None = None, greedy: bool | None = None, seed_offset: int = 1_000_000,
+        render_episodes: int = 0,
+    ) -> None:
         check_positive_int("evaluation.episodes", episodes)
         if n_envs is not None:
             check_positive_int("evaluation.n_envs", n_envs)
+        check_range("evaluation.render_episodes", render_episodes, 0, INF)
         self.episodes, self.n_envs = episodes, n_envs or episodes
-        self.greedy, self.seed_offset = greedy, seed_offset
+        self.greedy, self.seed_offset, self.render_episodes = greedy, seed_offset, render_episodes
         self._env: EnvBase | None = None
+        self._warned_undrawable = False
+
+    def policy(self, module: Any) -> Callable[[TensorDictBase], TensorDictBase]:
+        greedy = module.greedy_evaluation if self.greedy is None else self.greedy
+        return module.policy("greedy" if greedy else "sample")
 
     def run(self, module: Any, datamodule: Any) -> dict[str, float]:
         """Mean return, episode length (and win rate, return ratio where the env knows them)."""
         if self._env is None:
             self._env = datamodule.wrap_env(datamodule.make_env(self.n_envs, datamodule.seed + self.seed_offset))
-        greedy = module.greedy_evaluation if self.greedy is None else self.greedy
         was_training = module.training
         module.eval()
         try:
-            return evaluate_episodes(
-                self._env, module.policy("greedy" if greedy else "sample"), self.episodes, datamodule.env_info.episode_limit
-            )
+            return evaluate_episodes(self._env, self.policy(module), self.episodes, datamodule.env_info.episode_limit)
         finally:
             module.train(was_training)
+
+    def record(self, module: Any, datamodule: Any, directory: str, prefix: str) -> dict[str, bytes]:
+        """``render_episodes`` episodes to watch, written under ``directory``: ``{file name: GIF bytes}``
+        for drawable envs (the GIFs), ``{}`` after StarCraft II saved its replays of the evaluation games."""
+        if not self.render_episodes:
+            return {}
+        os.makedirs(directory, exist_ok=True)
+        save_replay = env_extra(self._env, "save_replay") if self._env is not None else None
+        if save_replay is not None:
+            save_replay(directory, prefix)
+            return {}
+        env = datamodule.wrap_env(datamodule.make_env(self.render_episodes, datamodule.seed + self.seed_offset + 1))
+        try:
+            if env_extra(env, "snapshot") is None:
+                if not self._warned_undrawable:
+                    self._warned_undrawable = True
+                    warnings.warn(f"evaluation.render_episodes: {datamodule.env} cannot be drawn; nothing is recorded")
+                return {}
+            require_drawing()
+            was_training = module.training
+            module.eval()
+            try:
+                episodes = record_episodes(env, self.policy(module), datamodule.env_info.episode_limit)
+            finally:
+                module.train(was_training)
+        finally:
+            env.close()
+        gifs = {f"{prefix}_{k}.gif": animation(frames, f"{prefix} {k}") for k, frames in enumerate(episodes)}
+        for name, gif in gifs.items():
+            with open(os.path.join(directory, name), "wb") as f:
+                f.write(gif)
+        return gifs
 
     def close(self) -> None:
         if self._env is not None:

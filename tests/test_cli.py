@@ -178,6 +178,37 @@ def test_a_csv_logger_gets_the_same_tags_as_tensorboard(tmp_path, monkeypatch):
     assert csv_tags == set(scalars(str(tmp_path / "lightning_logs" / "stochastic_game" / "ComaDmac" / "version_0")))
 
 
+def test_a_wandb_logger_in_offline_mode_gets_the_same_tags(tmp_path, monkeypatch):
+    from dmac_lightning.cli import DMACCLI
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cli = DMACCLI(args=[*COMA_DMAC, *FAST, "--data.max_env_steps", "400", "--data.warmup_episodes", "0",
+                        "--trainer.log_every_n_steps", "1", "--trainer.logger", "WandbLogger",
+                        "--trainer.logger.offline", "true", "--trainer.logger.save_dir", "wandb_logs"], run=False)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    run = cli.trainer.logger.experiment
+    try:
+        logged = {key for key in run.summary.keys() if not key.startswith("_")}
+        assert REQUIRED_TAGS <= logged, REQUIRED_TAGS - logged
+        assert run.summary["trainer/global_step"] == cli.datamodule.env_steps  # wandb's x-axis: env steps
+        assert run.config["omega"] == pytest.approx(0.2) and run.config["env"] == "stochastic_game"
+        assert glob.glob(str(tmp_path / "wandb_logs" / "wandb" / "offline-run-*" / "run-*.wandb"))
+    finally:
+        run.finish()
+
+
+def test_every_epoch_is_checkpointed_by_env_steps_even_before_the_first_update(tmp_path, monkeypatch):
+    # the warm-up collects but steps no optimizer: its epochs are saved all the same, named by env steps
+    monkeypatch.chdir(tmp_path)
+    main(["fit", *COMA_DMAC, *FAST, "--data.max_env_steps", "400", "--data.warmup_episodes", "500"])
+    directory = tmp_path / "lightning_logs" / "stochastic_game" / "ComaDmac" / "version_0" / "checkpoints"
+    saved = torch.load(directory / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 0 and saved["EpisodeDataModule"]["env_steps"] == 400
+    assert sorted(os.listdir(directory)) == ["epoch=1-env_steps=400.ckpt", "last.ckpt"]
+
+
 def test_the_progress_bar_counts_env_steps_against_the_budget(tmp_path):
     result = run(tmp_path, "fit", *COMA_DMAC, *FAST[:-2], "--data.max_env_steps", "400", "--data.warmup_episodes", "0")
     bar = result.stdout.replace("\r", "\n")

@@ -131,3 +131,13 @@ def test_csv_logs_are_read_like_tensorboard_events(tmp_path):
     scalars = plots.read_scalars(str(run))
     assert scalars["eval/return_ratio"][0].tolist() == [0, 5000] and scalars["eval/return_ratio"][1].tolist() == pytest.approx([0.1, 0.4])
     assert scalars["train/cover_rate"][0].tolist() == [240]
+
+
+def test_one_seed_gets_no_interval_and_no_verdict(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    write_run(runs, "coma", 0, 0.5, 0.3)
+    write_run(runs, "coma_dmac", 0, 0.8, 0.6)
+    plots.main(["--runs", str(runs), "--out", str(out)])
+    table = (out / "summary.md").read_text()
+    assert "| coma_dmac | 1 | 0.800 (one seed: no interval) | n/a |" in table and "± 0.000" not in table
+    assert "| COMA | +0.300 (fewer than 2 seeds a side: no test) | n/a | n/a |" in table

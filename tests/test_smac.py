@@ -320,3 +320,20 @@ def test_a_smacv2_scenario_plays_with_its_teams_size(starcraft, monkeypatch):
     games = [game._game for game in env._envs]
     assert all(game.env.episode_config["team_gen"]["ally_team"][:3] == ["zergling", "baneling", "hydralisk"] for game in games)
     env.close()
+
+
+def test_evaluation_saves_a_starcraft_replay_of_every_evaluation_game(starcraft, monkeypatch):
+    from dmac_lightning.cli import DMACCLI
+
+    monkeypatch.chdir(starcraft)
+    cli = DMACCLI(args=[*config_args("qmix_dmac", "smac", "3m"), "--data.n_envs", "2", "--data.episodes_per_collect", "2",
+                        "--data.batch_size", "2", "--data.warmup_episodes", "0", "--data.max_env_steps", "120",
+                        "--data.env_steps_per_epoch", "120", "--evaluation.interval", "1000", "--evaluation.episodes", "2",
+                        "--evaluation.n_envs", "2", "--evaluation.render_episodes", "1", "--trainer.enable_progress_bar", "false"],
+                  run=False)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    replays = sorted(glob.glob(str(starcraft / "lightning_logs" / "smac_3m" / "QmixDmac" / "version_0" / "replays" / "*.SC2Replay")))
+    # evaluations at 0 and at the end, each: both evaluation games' replays (one SC2 session per game)
+    assert len(replays) == 4, replays
+    assert {os.path.basename(path).split("_seed")[0] for path in replays} == {"eval_0", f"eval_{cli.datamodule.env_steps}"}
+    assert all(open(path).read().startswith("3m: ") for path in replays)

@@ -88,7 +88,7 @@ def test_short_qmix_dmac_fit_on_smax_3m_writes_win_rate(tmp_path, monkeypatch):
             "--config", os.path.join(CONFIGS, "algorithms", "qmix_dmac.yaml"),
             "--data.n_envs", "4", "--data.episodes_per_collect", "4", "--data.batch_size", "4", "--data.warmup_episodes", "0",
             "--data.max_env_steps", "300", "--data.env_steps_per_epoch", "300",
-            "--evaluation.interval", "150", "--evaluation.episodes", "4",
+            "--evaluation.interval", "150", "--evaluation.episodes", "4", "--evaluation.render_episodes", "2",
             "--trainer.enable_progress_bar", "false",
         ]
     )
@@ -98,3 +98,15 @@ def test_short_qmix_dmac_fit_on_smax_3m_writes_win_rate(tmp_path, monkeypatch):
     tags = set(events.Tags()["scalars"])
     assert {"eval/win_rate", "train/win_rate", "eval/return", "eval/episode_length", "loss/critic"} <= tags, tags
     assert all(0.0 <= e.value <= 1.0 for e in events.Scalars("eval/win_rate"))
+
+    # every evaluation also drew two episodes: GIFs in the run's replays/ and in TensorBoard's images
+    evaluated_at = [e.step for e in events.Scalars("eval/win_rate")]
+    gifs = sorted(os.listdir(os.path.join(run_dir, "replays")))
+    assert gifs == sorted(f"eval_{steps}_{k}.gif" for steps in evaluated_at for k in range(2)), gifs
+    from PIL import Image
+
+    for name in gifs:
+        with Image.open(os.path.join(run_dir, "replays", name)) as gif:
+            assert gif.format == "GIF" and gif.n_frames >= 2  # the start and at least one step
+    assert {"eval/replay_0", "eval/replay_1"} <= set(events.Tags()["images"])
+    assert [e.step for e in events.Images("eval/replay_0")] == evaluated_at

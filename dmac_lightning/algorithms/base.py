@@ -27,6 +27,7 @@ from dmac_lightning.envs.common import ACTION, ACTION_MASK, OBSERVATION, EnvInfo
 from dmac_lightning.evaluation import Evaluator
 from dmac_lightning.loggers import log_metrics
 from dmac_lightning.networks import AgentRNN, agent_input_dim, agent_inputs
+from dmac_lightning.rendering import replay_directory
 from dmac_lightning.policy import epsilon_mixed_log_probs, greedy, linear_schedule, masked_log_softmax, sample
 from dmac_lightning.targets import ran_an_update
 from dmac_lightning.validation import INF, check_positive_int, check_range
@@ -152,7 +153,8 @@ class MultiAgentModule(pl.LightningModule):
         elif saved != self.env_info.as_dict():
             raise ValueError(
                 f"the checkpoint was trained on an env with {saved}, but this run's env has "
-                f"{self.env_info.as_dict()}: resume with the data settings the checkpoint was trained with"
+                f"{self.env_info.as_dict()}: its networks fit only that layout; resume or test on an env (map, "
+                "data.env_kwargs) with the same agents, actions, observation and state sizes and episode limit"
             )
 
     # -- acting ---------------------------------------------------------------------------------
@@ -235,9 +237,12 @@ class MultiAgentModule(pl.LightningModule):
         """Runs right after every actor step, before the next step of the update."""
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        """``dmac test --ckpt_path ...``: evaluation episodes as the ``evaluation`` settings say."""
+        """``dmac test --ckpt_path ...``: evaluation episodes as the ``evaluation`` settings say (with
+        ``evaluation.render_episodes``, also episodes to watch in ``<run>/replays/test_*``)."""
         metrics = self.evaluator.run(self, self.trainer.datamodule)
         self.log_dict({f"test/{name}": value for name, value in metrics.items()}, batch_size=1)
+        if self.evaluator.render_episodes:
+            self.evaluator.record(self, self.trainer.datamodule, replay_directory(self.trainer), "test")
 
     @property
     def env_steps(self) -> int:

@@ -3,7 +3,7 @@
 Every registered env is a TorchRL ``EnvBase`` batched over ``n_envs`` with the key layout of
 ``dmac_lightning.envs.common`` and an ``info: EnvInfo`` attribute. Optional extras an env may offer:
 ``optimal_return`` (float), ``train_metrics() -> dict`` and ``checkpoint_state()``/
-``load_checkpoint_state()`` (saved with the data module's state).
+``load_checkpoint_state()`` (saved with the data module's state); read them with ``env_extra``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from functools import partial
 from typing import Any, Callable
 
 import torch
-from torchrl.envs import EnvBase
+from torchrl.envs import EnvBase, TransformedEnv
 
 from dmac_lightning.envs.common import EnvInfo
 from dmac_lightning.envs import smac, smax
@@ -39,6 +39,18 @@ ENVS: dict[str, EnvEntry] = {
     "smac": EnvEntry(smac.make_starcraft_envs, smac.check_config, smac.metadata),
     "smacv2": EnvEntry(smac.make_smacv2_envs, partial(smac.check_config, package="smacv2"), smac.metadata),
 }
+
+
+def env_extra(env: EnvBase, name: str) -> Any:
+    """One of an env's optional extras (see above), or ``None`` where it has none.
+
+    Looked up on the env's class, under any ``TransformedEnv``: a batched TorchRL env (SMAC's
+    ``ParallelEnv``) answers every attribute name with a dispatcher to its workers, so ``getattr`` and
+    ``hasattr`` on it would find extras that are not there.
+    """
+    while isinstance(env, TransformedEnv):
+        env = env.base_env
+    return getattr(env, name) if hasattr(type(env), name) else None
 
 
 def register_env(name: str, entry: EnvEntry) -> None:

@@ -134,6 +134,7 @@ class StarCraftEnv(EnvBase):
         super().__init__(device=torch.device(device or "cpu"), batch_size=torch.Size([]))
         smac_kwargs["continuing_episode"] = True  # so that SMAC reports a time-out as info["episode_limit"]
         self._make_game = partial(game_class, map_name=map_name, seed=seed, **smac_kwargs)
+        self._seed = seed
         self._game = self._make_game()
         self.restarts = 0
         self._consecutive_restarts = 0
@@ -213,6 +214,13 @@ class StarCraftEnv(EnvBase):
     def _set_seed(self, seed: int | None) -> None:
         """SC2 takes its seed at launch (``seed`` of the constructor); nothing to do afterwards."""
 
+    def save_game_replay(self, directory: str, prefix: str) -> None:
+        """StarCraft II's replay of the games this env played since it (re)started, into ``directory``
+        as ``<prefix>_seed<seed>_<time>.SC2Replay`` (SMAC's ``save_replay``; one file per env)."""
+        self._game.replay_dir = os.path.abspath(directory)
+        self._game.replay_prefix = f"{prefix}_seed{self._seed}"
+        self._game.save_replay()
+
     def close(self, *, raise_if_closed: bool = True) -> None:
         self._game.close()
         super().close(raise_if_closed=raise_if_closed)
@@ -222,6 +230,10 @@ class _StarCraftEnvs:
     """Gives the batched env the ``info`` the algorithms need (the workers each have their own)."""
 
     info: EnvInfo
+
+    def save_replay(self, directory: str, prefix: str) -> None:
+        """Every worker's game writes its replay (``StarCraftEnv.save_game_replay``)."""
+        self.__getattr__("save_game_replay")(directory, prefix)  # the batched env's dispatch to its workers
 
 
 class StarCraftParallelEnv(_StarCraftEnvs, ParallelEnv):

@@ -214,6 +214,21 @@ class SmaxEnv(EnvBase):
 
         return jax.device_put(tensor.cpu().numpy(), self._jax_device)
 
+    def snapshot(self) -> dict[str, Any]:
+        """Where every unit is, for drawing (``dmac_lightning.rendering``): per env ``positions``,
+        ``alive``, ``health`` (fraction of the unit type's full health) and ``teams``."""
+        import numpy as np
+
+        state = self._states.state
+        full = np.asarray(self._game._env.unit_type_health)[np.asarray(state.unit_types)]
+        return {
+            "positions": np.asarray(state.unit_positions),
+            "alive": np.asarray(state.unit_alive).astype(bool),
+            "health": np.clip(np.asarray(state.unit_health) / full, 0, 1),
+            "teams": np.asarray(state.unit_teams),
+            "map_size": (self._game._env.map_width, self._game._env.map_height),
+        }
+
     def _set_seed(self, seed: int | None) -> None:
         import jax
 

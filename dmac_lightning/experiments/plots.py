@@ -187,13 +187,15 @@ def summary_table(groups: dict[str, RunGroup], tag: str) -> str:
         group = groups[label]
         cells = []
         for values in (group.finals(tag), group.finals("train/cover_rate"), group.averages("train/cover_rate")):
-            if len(values):
+            if len(values) >= 2:
                 mean, ci = mean_ci(values)
                 cells.append(f"{float(mean):.3f} ± {float(ci):.3f}")
+            elif len(values):
+                cells.append(f"{float(values[0]):.3f} (one seed: no interval)")
             else:
                 cells.append("n/a")
         finals = group.finals(tag)
-        if len(finals):
+        if len(finals) >= 2:
             low, high = iqm_bootstrap_ci(finals)
             cells.insert(1, f"{iqm(finals):.3f} [{low:.3f}, {high:.3f}]")
         else:
@@ -210,6 +212,7 @@ def summary_table(groups: dict[str, RunGroup], tag: str) -> str:
             continue
         base, dmac = groups[family].finals(tag), groups[f"{family}_dmac"].finals(tag)
         if len(base) < 2 or len(dmac) < 2:
+            lines.append(f"| {family.upper()} | {float(dmac.mean() - base.mean()):+.3f} (fewer than 2 seeds a side: no test) | n/a | n/a |")
             continue
         difference, half, p_value = welch(base, dmac)
         if difference - half > 0:
@@ -307,7 +310,9 @@ def main(argv: list[str] | None = None) -> None:
     if not groups:
         raise SystemExit(f"no runs under {args.runs}")
     plot_families(groups, args.metric, os.path.join(args.out, "learning_curves.png"), args.metric)
-    plot_families(groups, "train/cover_rate", os.path.join(args.out, "cover_rate.png"), "train/cover_rate")
+    has_cover = any(len(group.finals("train/cover_rate")) for group in groups.values())
+    if has_cover:  # the stochastic game's; other envs have none
+        plot_families(groups, "train/cover_rate", os.path.join(args.out, "cover_rate.png"), "train/cover_rate")
     omega_groups = load(args.omega_runs) if args.omega_runs else {}
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(summary_table(groups, args.metric) + (omega_table(omega_groups, args.metric) if omega_groups else ""))
@@ -316,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     if omega_groups:
         plot_omega_sweep(omega_groups, args.metric, os.path.join(args.out, "omega_sweep.png"), groups.get("coma"))
     print(
-        f"wrote {args.out}/learning_curves.png, cover_rate.png, summary.md, marl_eval.json"
+        f"wrote {args.out}/learning_curves.png, " + ("cover_rate.png, " if has_cover else "") + "summary.md, marl_eval.json"
         + (", omega_sweep.png" if args.omega_runs else "")
     )
 

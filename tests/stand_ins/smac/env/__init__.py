@@ -37,6 +37,8 @@ class StarCraft2Env:
         self.n_actions = 6 + self.n_enemies  # no-op, stop, 4 moves, attack each enemy
         self._rng = np.random.default_rng(seed)
         self._closed = False
+        self.replay_dir, self.replay_prefix = replay_dir, replay_prefix
+        self._episodes_this_session = 0
         self._log("launch")
 
     def _log(self, event):
@@ -62,7 +64,19 @@ class StarCraft2Env:
         }
 
     # -- episode ----------------------------------------------------------------------------------
+    def save_replay(self):
+        """As SMAC: the replay of this SC2 session, written by pysc2 as
+        ``<replay_dir>/<replay_prefix or map_name>_<UTC time>.SC2Replay``."""
+        import datetime
+
+        now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0, tzinfo=None)
+        path = os.path.join(self.replay_dir or "", f"{self.replay_prefix or self.map_name}_{now.isoformat('-').replace(':', '-')}.SC2Replay")
+        with open(path, "w") as f:
+            f.write(f"{self.map_name}: {self._episodes_this_session} episodes\n")
+        return path
+
     def reset(self):
+        self._episodes_this_session += 1
         self._t = 0
         self._ally_health = np.ones(self.n_agents)
         self._enemy_health = np.ones(self.n_enemies)
