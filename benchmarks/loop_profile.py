@@ -5,8 +5,8 @@ library's ``profile``, which cProfile imports.)
     python benchmarks/loop_profile.py --algorithm qmix_dmac --env smax --env-steps 20000
     python benchmarks/loop_profile.py --algorithm dop_dmac --env stochastic_game --updates-per-episode 0.125
 
-Runs ``trainer.fit`` in this process under cProfile (one thread, no logger or checkpoints, one
-evaluation at the end) and splits its wall time into the parts of the loop, each the cumulative
+Runs ``trainer.fit`` in this process under cProfile (one thread, no logger, checkpoints or
+evaluation; on SMAX the training envs' JIT compilation is inside "env step") and splits its wall time into the parts of the loop, each the cumulative
 time of the functions that do it:
 
 * collection: env step (``_step``/``_reset`` of our envs, including SMAX's JAX <-> torch crossing,
@@ -17,8 +17,8 @@ time of the functions that do it:
 * the update (``training_step`` less the collection and sampling it drives): backward, optimiser
   (``step`` of the optimisers and gradient clipping), +DMAC's rho update (``after_actor_step``),
   metric accumulation (``record``), and the rest: the forward passes and the losses;
-* the target networks' updates (the ``TargetNetworkUpdate`` callbacks), logging, evaluation, and
-  what Lightning's loop itself costs (the remainder).
+* the target networks' updates (the ``TargetNetworkUpdate`` callbacks), logging, and what
+  Lightning's loop itself costs (the remainder).
 
 cProfile adds a fixed cost per Python call, so Python-heavy parts (bookkeeping) read somewhat larger
 than they run; the split, not the absolute figures, is the point. ``benchmarks/speed.py`` measures
@@ -67,7 +67,6 @@ def split(stats: pstats.Stats, total: float) -> list[tuple[str, float]]:
     targets = _cumulative(stats, lambda p, n: p.endswith("dmac_lightning/targets.py") and n == "on_train_batch_end")
     record = _cumulative(stats, lambda p, n: p.endswith("algorithms/base.py") and n == "record")
     logging = _cumulative(stats, lambda p, n: p.endswith("dmac_lightning/loggers.py") and n == "log_metrics")
-    evaluation = _cumulative(stats, lambda p, n: p.endswith("callbacks/evaluation.py") and n == "evaluate")
 
     update = training_step - collect - sample
     rows = [
@@ -86,8 +85,7 @@ def split(stats: pstats.Stats, total: float) -> list[tuple[str, float]]:
         ("  metric accumulation", record),
         ("target networks (callback)", targets),
         ("logging", logging),
-        ("evaluation", evaluation),
-        ("Lightning's loop, the rest", total - training_step - logging - evaluation - targets),
+        ("Lightning's loop, the rest", total - training_step - logging - targets),
     ]
     return rows
 
@@ -106,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(1)
+    from callbacks.evaluation import Evaluation
     from dmac_lightning.cli import DMACCLI
 
     configs = config_paths(args.algorithm, args.env, args.map if args.env == "smax" else None)
@@ -116,12 +115,13 @@ def main(argv: list[str] | None = None) -> None:
         args=[
             *(x for path in configs for x in ("--config", path)),
             "--data.max_env_steps", str(args.env_steps), "--data.env_steps_per_epoch", str(args.env_steps),
-            "--evaluation.at_start", "false", "--evaluation.interval", str(args.env_steps),
             "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
             "--trainer.enable_progress_bar", "false", *extra,
         ],
         run=False,
     )
+    # No evaluation: its envs (and, on SMAX, their JIT compilation) are not the loop's cost.
+    cli.trainer.callbacks = [c for c in cli.trainer.callbacks if not isinstance(c, Evaluation)]
     profiler = cProfile.Profile()
     started = time.perf_counter()
     profiler.runcall(cli.trainer.fit, cli.model, cli.datamodule)
