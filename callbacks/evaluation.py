@@ -9,7 +9,6 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from dmac_lightning.evaluation import Evaluator
 from dmac_lightning.loggers import log_metrics
-from dmac_lightning.envs import ENVS
 from dmac_lightning.rendering import log_animation, replay_directory, require_drawing
 from dmac_lightning.validation import check_positive_int
 
@@ -55,8 +54,7 @@ class Evaluation(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         pl_module.evaluator = self.evaluator  # what `dmac test` plays
-        env = ENVS.get(getattr(trainer.datamodule, "env", None))
-        if self.evaluator.render_episodes and env is not None and hasattr(env.factory, "snapshot"):
+        if self.evaluator.render_episodes and self.evaluator.drawable(trainer.datamodule):
             require_drawing()  # before training, not at the first evaluation
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -81,7 +79,7 @@ class Evaluation(pl.Callback):
         metrics = self.evaluator.run(pl_module, trainer.datamodule)
         self.last = {"env_steps": steps, **metrics}
         log_metrics(trainer, {f"eval/{k}": v for k, v in metrics.items()}, step=steps)
-        record(trainer, pl_module, self.evaluator, f"eval_{steps}", step=steps)
+        record(trainer, pl_module, self.evaluator, f"eval_{steps}", tag="eval", step=steps)
         rank_zero_info(f"eval @ {steps} env steps: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         return metrics
 
@@ -89,12 +87,12 @@ class Evaluation(pl.Callback):
         self.evaluator.close()
 
 
-def record(trainer: pl.Trainer, pl_module: pl.LightningModule, evaluator: Evaluator, prefix: str, step: int) -> None:
-    """The evaluator's episodes to watch, into ``<run>/replays/`` and TensorBoard's images."""
+def record(trainer: pl.Trainer, pl_module: pl.LightningModule, evaluator: Evaluator, prefix: str, tag: str, step: int) -> None:
+    """The evaluator's episodes to watch, into ``<run>/replays/<prefix>_*`` and TensorBoard's images
+    (``<tag>/replay_<k>``)."""
     if not evaluator.render_episodes:
         return
     gifs = evaluator.record(pl_module, trainer.datamodule, replay_directory(trainer), prefix)
     for k, gif in enumerate(gifs.values()):
         for logger in trainer.loggers:
-            log_animation(logger, f"{prefix.split('_')[0]}/replay_{k}", gif, step)
-
+            log_animation(logger, f"{tag}/replay_{k}", gif, step)

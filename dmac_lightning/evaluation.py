@@ -13,7 +13,7 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.envs import EnvBase
 
-from dmac_lightning.envs import env_extra
+from dmac_lightning.envs import ENVS, env_extra
 from dmac_lightning.envs.common import BATTLE_WON, BROKEN
 from dmac_lightning.rendering import animation, record_episodes, require_drawing
 from dmac_lightning.validation import INF, check_positive_int, check_range
@@ -103,6 +103,12 @@ class Evaluator:
         finally:
             module.train(was_training)
 
+    @staticmethod
+    def drawable(datamodule: Any) -> bool:
+        """Whether the data module's env can be drawn (offers ``snapshot``), known from its class."""
+        entry = ENVS.get(getattr(datamodule, "env", None))
+        return entry is not None and hasattr(entry.factory, "snapshot")
+
     def record(self, module: Any, datamodule: Any, directory: str, prefix: str) -> dict[str, bytes]:
         """``render_episodes`` episodes to watch, written under ``directory``: ``{file name: GIF bytes}``
         for drawable envs (the GIFs), ``{}`` after StarCraft II saved its replays of the evaluation games."""
@@ -113,14 +119,14 @@ class Evaluator:
         if save_replay is not None:
             save_replay(directory, prefix)
             return {}
+        if not self.drawable(datamodule):
+            if not self._warned_undrawable:
+                self._warned_undrawable = True
+                warnings.warn(f"evaluation.render_episodes: {datamodule.env} cannot be drawn; nothing is recorded")
+            return {}
+        require_drawing()
         env = datamodule.wrap_env(datamodule.make_env(self.render_episodes, datamodule.seed + self.seed_offset + 1))
         try:
-            if env_extra(env, "snapshot") is None:
-                if not self._warned_undrawable:
-                    self._warned_undrawable = True
-                    warnings.warn(f"evaluation.render_episodes: {datamodule.env} cannot be drawn; nothing is recorded")
-                return {}
-            require_drawing()
             was_training = module.training
             module.eval()
             try:

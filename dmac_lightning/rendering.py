@@ -15,16 +15,18 @@ import numpy as np
 import torch
 from tensordict import TensorDictBase
 
+from dmac_lightning.envs import env_extra
+
 
 @torch.no_grad()
 def record_episodes(env: Any, policy: Callable[[TensorDictBase], TensorDictBase], episode_limit: int) -> list[list[dict]]:
     """Play one episode in each of ``env``'s envs; per env, its snapshot before every step and after the last."""
-    base = getattr(env, "base_env", env)
+    snapshot_of = env_extra(env, "snapshot")
     td = env.reset()
     frames: list[list[dict]] = [[] for _ in range(env.batch_size[0])]
     running = np.ones(env.batch_size[0], dtype=bool)
     for _ in range(episode_limit + 1):
-        snapshot = base.snapshot()
+        snapshot = snapshot_of()
         for i in np.flatnonzero(running):
             frames[i].append({key: value[i] if key != "map_size" else value for key, value in snapshot.items()})
         if not running.any():
