@@ -106,7 +106,7 @@ class Evaluator:
     @staticmethod
     def drawable(datamodule: Any) -> bool:
         """Whether the data module's env can be drawn (offers ``snapshot``), known from its class."""
-        entry = ENVS.get(getattr(datamodule, "env", None))
+        entry = ENVS.get(getattr(datamodule, "env_name", None))
         return entry is not None and hasattr(entry.factory, "snapshot")
 
     def record(self, module: Any, datamodule: Any, directory: str, prefix: str) -> dict[str, bytes]:
@@ -122,7 +122,7 @@ class Evaluator:
         if not self.drawable(datamodule):
             if not self._warned_undrawable:
                 self._warned_undrawable = True
-                warnings.warn(f"evaluation.render_episodes: {datamodule.env} cannot be drawn; nothing is recorded")
+                warnings.warn(f"evaluation.render_episodes: {datamodule.env_name} cannot be drawn; nothing is recorded")
             return {}
         require_drawing()
         env = datamodule.wrap_env(datamodule.make_env(self.render_episodes, datamodule.seed + self.seed_offset + 1))
