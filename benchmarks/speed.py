@@ -28,6 +28,7 @@ from common import config_paths
 from dmac_lightning.algorithms import NAMES
 
 ALGORITHMS = list(NAMES)
+WARM_UP_SECONDS = 8.0
 ENVS = {
     "stochastic_game": lambda name: config_paths(name),
     "smax": lambda name: config_paths(name, "smax", "3m"),
@@ -43,10 +44,15 @@ def child(args: argparse.Namespace) -> None:
     n_envs = args.n_envs[0]  # the parent passes one value
     configs = [x for path in ENVS[args.env](args.algorithm) for x in ("--config", path)]
     batch = min(32, max(1, n_envs)) if args.algorithm != "coma" else n_envs
+    # A fixed number of updates per collect of n_envs episodes, so that rows with more envs measure the loop
+    # at the same update work per collect (0: collection alone, no updates).
+    updates_per_episode = max(args.updates_per_collect, 1) / n_envs
     cli = DMACCLI(
         args=[
             *configs,
             "--data.n_envs", str(n_envs), "--data.episodes_per_collect", str(n_envs),
+            "--data.updates_per_episode", repr(updates_per_episode), "--data.warmup_episodes", "0",
+            "--data.recent_episodes", "0", "--data.recent_window", str(n_envs),
             "--data.batch_size", str(batch), "--data.max_env_steps", str(args.train_steps),
             "--data.env_steps_per_epoch", str(args.train_steps),
             "--evaluation.at_start", "false", "--evaluation.interval", str(10 * args.train_steps),
@@ -63,16 +69,24 @@ def child(args: argparse.Namespace) -> None:
 
     env = make_env(data.env_name, data.env_kwargs, n_envs=n_envs, seed=0, device=device)
     td = env.reset()
-    for _ in range(20):  # warm-up (JIT compilation for SMAX)
+    # Warm-up: SMAX's first call compiles, and XLA on CPU runs a freshly compiled step several times slower
+    # for its first few seconds; measured from when that has passed.
+    warm_until = time.perf_counter() + WARM_UP_SECONDS
+    while time.perf_counter() < warm_until:
         td = env.step_and_maybe_reset(env.rand_action(td))[1]
     started, steps = time.perf_counter(), 0
     while steps < args.env_steps:
         td = env.step_and_maybe_reset(env.rand_action(td))[1]
         steps += n_envs
     env_only = steps / (time.perf_counter() - started)
+    scan_limit = smax_jax_limit(env, args.env_steps) if data.env_name == "smax" else None
     env.close()
 
     # 2. the training loop.
+    if args.updates_per_collect == 0:
+        print("RESULT " + json.dumps({"env_only": env_only, "training": collection_only(data, module, device, args.train_steps),
+                                      "scan_limit": scan_limit, "peak_mb": _peak_mb(device)}), flush=True)
+        return
     throughput: list[float] = []
 
     class Probe(pl.Callback):
@@ -86,10 +100,75 @@ def child(args: argparse.Namespace) -> None:
         torch.cuda.reset_peak_memory_stats()
     cli.trainer.fit(module, data)
     training = statistics.median(throughput[len(throughput) // 4 :]) if throughput else float("nan")
-    peak = (
-        torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
-    print("RESULT " + json.dumps({"env_only": env_only, "training": training, "peak_mb": peak}), flush=True)
+    print("RESULT " + json.dumps({"env_only": env_only, "training": training, "scan_limit": scan_limit, "peak_mb": _peak_mb(device)}),
+          flush=True)
+
+
+def smax_jax_limit(env, env_steps: int, steps_per_scan: int = 50) -> tuple[float, float]:
+    """SMAX's speed limit: the env's own jitted step (the same battles, restarts and packed outputs) with random
+    available actions drawn in JAX, no torch and no per-step Python beyond JAX's dispatch, measured two ways:
+    under one jitted ``lax.scan`` of ``steps_per_scan`` steps, and as back-to-back jitted calls (on this
+    CPU's XLA the scan's loop runs slower than separate calls). Returns (scan, calls) env steps/s."""
+    import jax
+    import jax.numpy as jnp
+
+    n_envs, info = env.batch_size[0], env.info
+    names = list(env._widths)
+    offset = {name: sum(env._widths[n] for n in names[: names.index(name)]) for name in names}
+    width = env._widths["action_mask"]
+    step = env._step_and_restart
+
+    def mask_of(packed, name):
+        return packed[:, offset[name] : offset[name] + width].reshape(n_envs, info.n_agents, info.n_actions) > 0.5
+
+    def one_step(carry, _):
+        key, states, mask = carry
+        key, draw = jax.random.split(key)
+        actions = jax.random.categorical(draw, jnp.where(mask, 0.0, -jnp.inf)).astype(jnp.int32)
+        key, states, packed = step(key, states, actions)
+        return (key, states, mask_of(packed, "restarted_action_mask")), packed[:, offset["reward"]]
+
+    def measure(run, steps_per_call: int) -> float:
+        key, states, packed = env._reset_all(jax.random.PRNGKey(1))
+        carry = (key, states, mask_of(packed, "action_mask"))
+        warm_until = time.perf_counter() + WARM_UP_SECONDS  # compiles, then runs slower for a few seconds
+        while time.perf_counter() < warm_until:
+            carry, rewards = run(carry)
+            jax.block_until_ready(rewards)
+        started, steps = time.perf_counter(), 0
+        while steps < env_steps:
+            carry, rewards = run(carry)
+            steps += n_envs * steps_per_call
+        jax.block_until_ready(rewards)
+        return steps / (time.perf_counter() - started)
+
+    scan = measure(jax.jit(lambda carry: jax.lax.scan(one_step, carry, None, length=steps_per_scan)), steps_per_scan)
+    calls = measure(jax.jit(lambda carry: one_step(carry, None)), 1)
+    return scan, calls
+
+
+def collection_only(data, module, device, env_steps: int) -> float:
+    """The training loop with its updates switched off: the data module's ``collect`` (collector, policy,
+    episode assembly, buffer write, counters) back to back; env steps/s over all collects after the first."""
+    module.to(device)
+    data._env_device = str(device)
+    data.connect(module)
+    data.setup("fit")
+    module.configure_env(data.env_info)
+    module.to(device)
+    data.collect()  # the first collect builds the collector (and, on SMAX, compiles nothing new: the env is built)
+    started, steps = time.perf_counter(), data.env_steps
+    while data.env_steps - steps < env_steps:
+        data.collect()
+    return (data.env_steps - steps) / (time.perf_counter() - started)
+
+
+def _peak_mb(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -99,6 +178,8 @@ def main() -> None:
     parser.add_argument("--algorithms", nargs="+", default=ALGORITHMS, choices=ALGORITHMS)
     parser.add_argument("--env-steps", type=int, default=20_000, help="env-only steps measured")
     parser.add_argument("--train-steps", type=int, default=20_000, help="training-loop env steps measured")
+    parser.add_argument("--updates-per-collect", type=int, default=1,
+                        help="updates after each collect of n_envs episodes; 0: collection alone (the loop without updates)")
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--env", help=argparse.SUPPRESS)
@@ -107,27 +188,32 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    header = f"| env | n_envs | algorithm | env-only steps/s | training-loop steps/s | training / env-only | peak MB ({'GPU' if args.accelerator == 'gpu' else 'RSS'}) |"
+    loop = "collection-only" if args.updates_per_collect == 0 else "training-loop"
+    header = (f"| env | n_envs | algorithm | env-only steps/s | {loop} steps/s | {loop} / env-only | SMAX JAX-only steps/s "
+              f"(scan / calls) | env-only / JAX-only | peak MB ({'GPU' if args.accelerator == 'gpu' else 'RSS'}) |")
     print(header)
-    print("|" + "---|" * 7, flush=True)
+    print("|" + "---|" * 9, flush=True)
     for env in args.envs:
         if env == "smax" and importlib.util.find_spec("jaxmarl") is None:
-            print(f"| smax | | | skipped: JaxMARL is not installed (pip install -e '.[smax]') | | | |", flush=True)
+            print(f"| smax | | | skipped: JaxMARL is not installed (pip install -e '.[smax]') | | | | | |", flush=True)
             continue
         for n_envs in args.n_envs:
             for algorithm in args.algorithms:
                 command = [sys.executable, __file__, "--child", "--env", env, "--algorithm", algorithm, "--n-envs", str(n_envs),
-                           "--env-steps", str(args.env_steps), "--train-steps", str(args.train_steps), "--accelerator", args.accelerator]
+                           "--env-steps", str(args.env_steps), "--train-steps", str(args.train_steps), "--accelerator", args.accelerator,
+                           "--updates-per-collect", str(args.updates_per_collect)]
                 # In a scratch directory: without a logger, Lightning writes the run's config.yaml to the cwd.
                 with tempfile.TemporaryDirectory(prefix="dmac-speed-") as scratch:
                     result = subprocess.run(command, capture_output=True, text=True, cwd=scratch)
                 lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
                 if result.returncode != 0 or not lines:
-                    print(f"| {env} | {n_envs} | {algorithm} | failed: {result.stderr.strip().splitlines()[-1:]} | | | |", flush=True)
+                    print(f"| {env} | {n_envs} | {algorithm} | failed: {result.stderr.strip().splitlines()[-1:]} | | | | | |", flush=True)
                     continue
                 r = json.loads(lines[-1][len("RESULT "):])
+                limits = r.get("scan_limit")
+                limit_cells = f"{limits[0]:.0f} / {limits[1]:.0f} | {r['env_only'] / max(limits):.3f}" if limits else " | "
                 print(f"| {env} | {n_envs} | {algorithm} | {r['env_only']:.0f} | {r['training']:.0f} | "
-                      f"{r['training'] / r['env_only']:.3f} | {r['peak_mb']:.0f} |", flush=True)
+                      f"{r['training'] / r['env_only']:.3f} | {limit_cells} | {r['peak_mb']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

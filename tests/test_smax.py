@@ -110,3 +110,41 @@ def test_short_qmix_dmac_fit_on_smax_3m_writes_win_rate(tmp_path, monkeypatch):
             assert gif.format == "GIF" and gif.n_frames >= 2  # the start and at least one step
     assert {"eval/replay_0", "eval/replay_1"} <= set(events.Tags()["images"])
     assert [e.step for e in events.Images("eval/replay_0")] == evaluated_at
+
+
+def test_one_jitted_call_per_step_restarts_ended_battles_inside_it():
+    import jax
+
+    env = SmaxEnv(n_envs=6, map_name="3m", max_steps=5, seed=3)
+    calls = {"step": 0, "reset": 0}
+
+    def counted(name, fn):
+        def call(*args):
+            calls[name] += 1
+            return fn(*args)
+
+        return call
+
+    env._step_and_restart = counted("step", env._step_and_restart)
+    env._reset_where = counted("reset", env._reset_where)
+    game = env._game
+    observe = jax.jit(jax.vmap(lambda s: (game.get_world_state(s), game.get_avail_actions(s), s.state.step)))
+    td = env.reset()
+    ended_total = 0
+    for _ in range(12):
+        td, td_next = env.step_and_maybe_reset(env.rand_action(td))
+        ended = td["next", "done"][:, 0]
+        ended_total += int(ended.sum())
+        state, available, step = observe(env._states)
+        # what the envs see now is the env's internal battles: restarted ones at step 0, the others continuing
+        assert torch.equal(td_next["state"], torch.as_tensor(jax.device_get(state)))
+        expected_mask = torch.stack([torch.as_tensor(jax.device_get(available[a])) for a in game.agents], 1).bool()
+        assert torch.equal(td_next["agents", "action_mask"], expected_mask)
+        step = torch.as_tensor(jax.device_get(step))
+        assert torch.equal(step == 0, ended)
+        # an ended battle's last observation is its own, not its restart's
+        if ended.any():
+            assert not torch.equal(td["next", "state"][ended], td_next["state"][ended])
+        td = td_next
+    assert ended_total >= 6  # max_steps 5: every battle ended at least once
+    assert calls == {"step": 12, "reset": 0}  # TorchRL's resets of the ended envs cost no further JAX call

@@ -58,17 +58,23 @@ def _scenarios() -> dict:
     return smax_env.MAP_NAME_TO_SCENARIO
 
 
-def _to_torch(array: Any, device: torch.device) -> torch.Tensor:
-    return torch.from_dlpack(array).to(device)
+# What the torch side sees of a battle, in the order the packed arrays hold them.
+_SEEN = ("observation", "action_mask", "state")
+_FOLLOWED = ("reward", "terminated", "truncated", "battle_won")
 
 
 @dataclass(frozen=True)
 class _Compiled:
+    """One configuration's game and its jitted, vmapped functions. Each returns ``(key, states, packed)``:
+    ``packed`` is one float32 array ``[n_envs, width]`` holding every output side by side (``widths``
+    says how wide each is), so that a step crosses into torch in one zero-copy DLPack hand-over."""
+
     game: Any
     info: EnvInfo
+    widths: dict[str, int]
     reset_all: Callable
     reset_where: Callable
-    step_all: Callable
+    step: Callable
 
 
 @functools.lru_cache(maxsize=16)
@@ -90,53 +96,71 @@ def _compile(map_name: str, max_steps: int, reward_scale: float, n_envs: int, sm
         episode_limit=max_steps,
         reports_wins=True,
     )
+    seen_widths = {"observation": info.n_agents * info.obs_dim, "action_mask": info.n_agents * info.n_actions, "state": info.state_dim}
 
     def observe(state: Any) -> dict:
         obs = game._env.get_obs(state.state)  # the underlying SMAX: every unit's observation
         available = game.get_avail_actions(state)
         return {
-            "observation": jnp.stack([obs[a] for a in agents]).astype(jnp.float32),
-            "action_mask": jnp.stack([available[a] for a in agents]).astype(jnp.bool_),
-            "state": game.get_world_state(state).astype(jnp.float32),
+            "observation": jnp.stack([obs[a] for a in agents]),
+            "action_mask": jnp.stack([available[a] for a in agents]),
+            "state": game.get_world_state(state),
         }
+
+    def pack(*parts: tuple[dict, tuple[str, ...]]) -> Any:
+        # Named explicitly: JAX hands dicts back with their keys sorted.
+        return jnp.concatenate([part[name].reshape(n_envs, -1).astype(jnp.float32) for part, names in parts for name in names], axis=1)
 
     def step_one(key: Any, state: Any, actions: Any) -> tuple:
         _, state, rewards, _, _ = game.step_env(key, state, {a: actions[i] for i, a in enumerate(agents)})
         alive = state.state.unit_alive
         allies_dead, enemies_dead = ~alive[:n_allies].any(), ~alive[n_allies:].any()
         terminated = allies_dead | enemies_dead
-        out = observe(state)
-        out.update(
-            reward=(reward_scale * rewards[agents[0]]).astype(jnp.float32)[None],
-            terminated=terminated[None],
+        followed = {
+            "reward": reward_scale * rewards[agents[0]],
+            "terminated": terminated,
             # SMAX's own limit fires one step late (it tests the step count before incrementing it).
-            truncated=((state.state.step >= max_steps) & ~terminated)[None],
-            battle_won=(enemies_dead & ~allies_dead)[None],
-        )
-        return state, out
+            "truncated": (state.state.step >= max_steps) & ~terminated,
+            "battle_won": enemies_dead & ~allies_dead,
+        }
+        return state, observe(state), followed
+
+    def fresh_battles(key: Any) -> Any:
+        return jax.vmap(lambda k: game.reset(k)[1])(jax.random.split(key, n_envs))
+
+    def where_envs(mask: Any, new: Any, old: Any) -> Any:
+        return jax.tree_util.tree_map(lambda n, o: jnp.where(mask.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old)
 
     def reset_where(key: Any, states: Any, mask: Any) -> tuple:
-        """Fresh games where ``mask`` (all of them when ``states`` is None); the observations of every
-        env afterwards (the continuing ones unchanged)."""
+        """Fresh battles where ``mask`` (all of them when ``states`` is None); what every env sees afterwards."""
         key, sub = jax.random.split(key)
-        fresh = jax.vmap(lambda k: game.reset(k)[1])(jax.random.split(sub, n_envs))
+        fresh = fresh_battles(sub)
+        states = fresh if states is None else where_envs(mask, fresh, states)
+        return key, states, pack((jax.vmap(observe)(states), _SEEN))
 
-        def choose(new: Any, old: Any) -> Any:
-            return jnp.where(mask.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+    def step_and_restart(key: Any, states: Any, actions: Any) -> tuple:
+        """One step of every battle, and a fresh battle in place of each that ended: what the step led to
+        (the last observation of an ended battle included), then what every env sees after the restarts."""
+        key, step_key, reset_key = jax.random.split(key, 3)
+        stepped, seen, followed = jax.vmap(step_one)(jax.random.split(step_key, n_envs), states, actions)
+        ended = followed["terminated"] | followed["truncated"]
+        states = where_envs(ended, fresh_battles(reset_key), stepped)
+        return key, states, pack((seen, _SEEN), (followed, _FOLLOWED), (jax.vmap(observe)(states), _SEEN))
 
-        states = fresh if states is None else jax.tree_util.tree_map(choose, fresh, states)
-        return key, states, jax.vmap(observe)(states)
-
-    def step_all(key: Any, states: Any, actions: Any) -> tuple:
-        key, sub = jax.random.split(key)
-        states, out = jax.vmap(step_one)(jax.random.split(sub, n_envs), states, actions)
-        return key, states, out
-
-    return _Compiled(game, info, jax.jit(lambda key: reset_where(key, None, None)), jax.jit(reset_where), jax.jit(step_all))
+    widths = {**seen_widths, **{name: 1 for name in _FOLLOWED}, **{f"restarted_{name}": w for name, w in seen_widths.items()}}
+    return _Compiled(
+        game, info, widths, jax.jit(lambda key: reset_where(key, None, None)), jax.jit(reset_where), jax.jit(step_and_restart)
+    )
 
 
 class SmaxEnv(EnvBase):
-    """``n_envs`` SMAX battles against the heuristic enemy, in the shared key layout."""
+    """``n_envs`` SMAX battles against the heuristic enemy, in the shared key layout.
+
+    One jitted call per env step (``_step``) steps every battle and already restarts those that ended,
+    as JaxMARL's own auto-reset does; TorchRL's reset of the ended envs that follows
+    (``step_and_maybe_reset``) hands out those restarts without calling JAX again. A battle that ended is
+    therefore a fresh one in the env's internal state (``snapshot``) right after the step that ended it.
+    """
 
     def __init__(
         self,
@@ -156,51 +180,68 @@ class SmaxEnv(EnvBase):
         super().__init__(device=device, batch_size=torch.Size([n_envs]))
         self.map_name = map_name
         compiled = _compile(map_name, max_steps, float(reward_scale), n_envs, tuple(sorted(smax_kwargs.items())))
-        self._game, self.info = compiled.game, compiled.info
-        self._reset_all, self._reset_where, self._step_all = compiled.reset_all, compiled.reset_where, compiled.step_all
+        self._game, self.info, self._widths = compiled.game, compiled.info, compiled.widths
+        self._reset_all, self._reset_where, self._step_and_restart = compiled.reset_all, compiled.reset_where, compiled.step
         self._jnp = jnp
         self._jax_device = jax.devices()[0]
         self._jax_device_type = "cuda" if self._jax_device.platform == "gpu" else "cpu"
         self._key = jax.random.PRNGKey(0 if seed is None else seed)
         self._states = None
+        # After a step: which envs ended and what they see after their restart (handed out by the next _reset).
+        self._restarts: tuple[torch.Tensor, TensorDict] | None = None
         for key, spec in multi_agent_specs(self.info, n_envs, device).items():
             setattr(self, key, spec)
 
-    def _layout(self, out: dict) -> TensorDict:
-        n_envs = self.batch_size[0]
-        mask = _to_torch(out["action_mask"], self.device)
+    def _unpack(self, packed: Any, names: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        """The packed outputs (``names``, default all of a step's) as torch tensors: views of the one array
+        JAX returned (zero-copy where torch and JAX share the device; else one transfer)."""
+        flat = torch.from_dlpack(packed)
+        if flat.device != self.device:
+            flat = flat.to(self.device)
+        names = names or tuple(self._widths)
+        return dict(zip(names, flat.split([self._widths[name] for name in names], dim=1)))
+
+    def _seen(self, parts: dict[str, torch.Tensor], prefix: str = "") -> TensorDict:
+        n_envs, info = self.batch_size[0], self.info
+        mask = parts[prefix + "action_mask"].view(n_envs, info.n_agents, info.n_actions).bool()
         self.full_action_spec[ACTION].update_mask(mask)  # so that rand_action() only picks available actions
         agents = TensorDict(
-            {"observation": _to_torch(out["observation"], self.device), "action_mask": mask},
-            batch_size=(n_envs, self.info.n_agents),
+            {"observation": parts[prefix + "observation"].unflatten(1, (info.n_agents, info.obs_dim)), "action_mask": mask},
+            batch_size=(n_envs, info.n_agents),
         )
-        return TensorDict({"agents": agents, "state": _to_torch(out["state"], self.device)}, batch_size=self.batch_size, device=self.device)
+        return TensorDict({"agents": agents, "state": parts[prefix + "state"]}, batch_size=self.batch_size, device=self.device)
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs: Any) -> TensorDictBase:
         reset = None if tensordict is None else tensordict.get("_reset", None)
-        if reset is None or self._states is None:
-            self._key, self._states, fresh = self._reset_all(self._key)
+        restarts, self._restarts = self._restarts, None
+        if reset is not None and restarts is not None and torch.equal(reset.reshape(-1), restarts[0]):
+            out = restarts[1]  # the ended battles were restarted inside the step
+            self.full_action_spec[ACTION].update_mask(out.get(("agents", "action_mask")))
         else:
-            mask = self._to_jax(reset.reshape(-1))
-            self._key, self._states, fresh = self._reset_where(self._key, self._states, mask)
-        out = self._layout(fresh)
+            if reset is None or self._states is None:
+                self._key, self._states, packed = self._reset_all(self._key)
+            else:
+                self._key, self._states, packed = self._reset_where(self._key, self._states, self._to_jax(reset.reshape(-1)))
+            out = self._seen(self._unpack(packed, _SEEN))
         flags = torch.zeros(self.batch_size[0], 1, dtype=torch.bool, device=self.device)
         out.update({"done": flags, "terminated": flags.clone(), "truncated": flags.clone(), "info": {"battle_won": flags.clone()}})
         return out
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         actions = self._to_jax(tensordict.get(ACTION).to(torch.int32))
-        self._key, self._states, out = self._step_all(self._key, self._states, actions)
-        result = self._layout(out)
-        terminated = _to_torch(out["terminated"], self.device)
-        truncated = _to_torch(out["truncated"], self.device)
+        self._key, self._states, packed = self._step_and_restart(self._key, self._states, actions)
+        parts = self._unpack(packed)
+        terminated, truncated = parts["terminated"].bool(), parts["truncated"].bool()
+        done = terminated | truncated
+        self._restarts = (done.reshape(-1), self._seen(parts, prefix="restarted_"))
+        result = self._seen(parts)  # after the restarts' mask: the spec's mask is the one of what the step led to
         result.update(
             {
-                "reward": _to_torch(out["reward"], self.device),
+                "reward": parts["reward"],
                 "terminated": terminated,
                 "truncated": truncated,
-                "done": terminated | truncated,
-                "info": {"battle_won": _to_torch(out["battle_won"], self.device)},
+                "done": done,
+                "info": {"battle_won": parts["battle_won"].bool()},
             }
         )
         return result
