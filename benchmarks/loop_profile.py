@@ -10,7 +10,7 @@ evaluation; on SMAX the training envs' JIT compilation is inside "env step") and
 time of the functions that do it:
 
 * collection: env step (``_step``/``_reset`` of our envs, including SMAX's JAX <-> torch crossing,
-  shown apart as the DLPack conversions), policy step (``act``), episode assembly (the assembler's
+  shown apart as the DLPack conversions, which also wait for the jitted step to finish), policy step (``act``), episode assembly (the assembler's
   ``add``/``pop``), and the rest of ``collect`` (TorchRL's collector bookkeeping, the buffer write,
   the counters);
 * buffer sampling (``sample``);
@@ -52,7 +52,7 @@ def split(stats: pstats.Stats, total: float) -> list[tuple[str, float]]:
     """The parts of ``total`` seconds, in the loop's order; the nested ones indented."""
     ours_envs = _in("dmac_lightning/envs/")
     env_step = _cumulative(stats, lambda p, n: ours_envs(p) and n in ("_step", "_reset"))
-    crossing = _cumulative(stats, lambda p, n: p.endswith("envs/smax.py") and n in ("_to_torch", "_to_jax"))
+    crossing = _cumulative(stats, lambda p, n: p.endswith("envs/smax.py") and n in ("_unpack", "_to_jax"))
     policy = _cumulative(stats, lambda p, n: p.endswith("algorithms/base.py") and n == "act")
     assembly = _cumulative(stats, lambda p, n: p.endswith("datamodules/assembler.py") and n in ("add", "pop"))
     collect = _cumulative(stats, lambda p, n: p.endswith("datamodules/episodes.py") and n == "collect")

@@ -2,13 +2,19 @@
 
     python benchmarks/speed.py                                   # stochastic game and SMAX 3m, all ten, n_envs 1/8/64
     python benchmarks/speed.py --envs smax --n-envs 8 64 256 --algorithms qmix_dmac   # the SMAX table of issue 4
+    python benchmarks/speed.py --n-envs 8 64 256 --algorithms qmix_dmac --updates-per-collect 0   # collection alone
     python benchmarks/speed.py --accelerator gpu                 # on a GPU machine
 
-Each (env, n_envs, algorithm) is measured in its own process, both numbers in that one run: first
-an env-only rollout with random available actions (the env's speed limit), then the training loop
-(``dmac fit``'s Trainer, collector, replay buffer and updates) for ``--train-steps`` env steps, whose
-throughput is the median of the per-collect ``train/env_steps_per_s`` after the buffer filled. The
-peak is the process's maximum resident set size (CPU) or ``torch.cuda.max_memory_allocated`` (GPU).
+Each (env, n_envs, algorithm) is measured in its own process, all numbers in that one run: first an
+env-only rollout with random available actions (the env's speed limit through its TorchRL API), after a
+timed warm-up; on SMAX also the JAX-only limit of the same jitted step (under ``lax.scan`` and as
+back-to-back jitted calls, no torch); then the training loop (``dmac fit``'s Trainer, collector, replay
+buffer and updates) for ``--train-steps`` env steps, whose throughput is the median of the per-collect
+``train/env_steps_per_s`` after the buffer filled. The loop collects ``n_envs`` episodes per collect and
+runs ``--updates-per-collect`` updates (default 1) on ``min(32, n_envs)`` episodes after each, so rows of
+different ``n_envs`` do the same update work per collect; ``0`` switches updates off and times the data
+module's ``collect`` back to back (collector, policy, episode assembly, buffer write). The peak is the
+process's maximum resident set size (CPU) or ``torch.cuda.max_memory_allocated`` (GPU).
 """
 
 from __future__ import annotations
