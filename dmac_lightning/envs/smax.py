@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -24,6 +25,10 @@ from torchrl.envs import EnvBase
 
 from dmac_lightning.envs.common import ACTION, EnvInfo, multi_agent_specs
 from dmac_lightning.validation import check_positive_int
+
+# JAX takes 75% of a GPU's memory at its first call unless told otherwise, which leaves the torch networks
+# sharing that GPU too little; set before JAX is imported (a user's own setting wins).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 INSTALL = "pip install 'jaxmarl==0.2.0'   (or: pip install -e '.[smax]')"
 PAPER_MAPS = ("3m", "8m", "2s3z", "3s5z", "5m_vs_6m", "3s_vs_3z")
