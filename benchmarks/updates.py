@@ -105,12 +105,7 @@ def time_bare(module, batch, updates: int, warmup: int) -> float:
     episodes = module.episode_batch(batch)
 
     def update() -> None:
-        for step in module.update_order:
-            if step == "critic":
-                module.critic_step(episodes)
-            else:
-                module.actor_step(episodes)
-                module.after_actor_step()
+        module.update_on(episodes)
         for callback in targets:
             callback.on_train_batch_end(None, module, {"updated": True}, None, 0)
 

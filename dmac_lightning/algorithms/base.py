@@ -218,7 +218,10 @@ class MultiAgentModule(pl.LightningModule):
 
     def update(self, batch: TensorDictBase) -> None:
         """One update on a batch of episodes: the steps of ``update_order``."""
-        episodes = self.episode_batch(batch)
+        self.update_on(self.episode_batch(batch))
+
+    def update_on(self, episodes: Any) -> None:
+        """The steps of ``update_order`` on episodes already in the algorithm's tensors (``episode_batch``)."""
         for step in self.update_order:
             if step == "critic":
                 self.critic_step(episodes)
