@@ -6,7 +6,7 @@ library's ``profile``, which cProfile imports.)
     python benchmarks/loop_profile.py --algorithm dop_dmac --env stochastic_game --updates-per-episode 0.125
 
 Runs ``trainer.fit`` in this process under cProfile (one thread, no logger, checkpoints or
-evaluation; on SMAX the training envs' JIT compilation is inside "env step") and splits its wall time into the parts of the loop, each the cumulative
+evaluation; on SMAX the env's step is compiled and warmed up before, outside the profile) and splits its wall time into the parts of the loop, each the cumulative
 time of the functions that do it:
 
 * collection: env step (``_step``/``_reset`` of our envs, including SMAX's JAX <-> torch crossing,
@@ -90,6 +90,18 @@ def split(stats: pstats.Stats, total: float) -> list[tuple[str, float]]:
     return rows
 
 
+def warm_up(data, seconds: float) -> None:
+    """Compile SMAX's jitted step for the training envs' configuration and run it past XLA's slow first
+    seconds, outside the profile (the training envs share the compiled step)."""
+    from dmac_lightning.envs import make_env
+
+    env = make_env(data.env_name, data.env_kwargs, n_envs=data.n_envs, seed=0)
+    td = env.reset()
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        td = env.step_and_maybe_reset(env.rand_action(td))[1]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algorithm", default="qmix_dmac")
@@ -98,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--env-steps", type=int, default=20000)
     parser.add_argument("--updates-per-episode", default=None, help="default: the algorithm file's")
     parser.add_argument("--n-envs", type=int, default=None, help="default: the config's")
+    parser.add_argument("--warm-up-seconds", type=float, default=8.0,
+                        help="SMAX: compile and run the env's step this long before profiling (XLA's first seconds are slow)")
     parser.add_argument("--top", type=int, default=0, help="also print the N functions with the most own time")
     args = parser.parse_args(argv)
 
@@ -122,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     # No evaluation: its envs (and, on SMAX, their JIT compilation) are not the loop's cost.
     cli.trainer.callbacks = [c for c in cli.trainer.callbacks if not isinstance(c, Evaluation)]
+    if args.env == "smax":
+        warm_up(cli.datamodule, args.warm_up_seconds)
     profiler = cProfile.Profile()
     started = time.perf_counter()
     profiler.runcall(cli.trainer.fit, cli.model, cli.datamodule)
