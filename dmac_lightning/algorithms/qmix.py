@@ -99,9 +99,13 @@ class Qmix(MultiAgentModule):
         next_q_tot = self.target_mixer(gather_actions(target_q_values, next_actions), episodes.state)[:, 1:]
         return lambda_returns(episodes.reward, episodes.terminated, episodes.joint_step_mask, next_q_tot, self.gamma, self.td_lambda)
 
+    def agent_q_values(self, episodes: EpisodeBatch) -> torch.Tensor:
+        """The agent Q-networks over ``episodes`` ``[B, L, n, A]``, with their graph (the critic's input)."""
+        return self.unroll(self.agent_q, episodes)
+
     def critic_step(self, episodes: EpisodeBatch) -> None:
         steps = episodes.decisions
-        q_values = self.unroll(self.agent_q, episodes)  # [B, L, n, A]
+        q_values = self.agent_q_values(episodes)
         q_tot = self.mixer(gather_actions(q_values[:, steps], episodes.actions[:, steps]), episodes.state[:, steps])
         with torch.no_grad():
             targets = self.critic_targets(episodes, q_values.detach())
@@ -129,6 +133,7 @@ class QmixDmac(DivergenceRegularized, Qmix):
     def __init__(self, td_lambda: float = 0.8, **kwargs: Any) -> None:
         # Not used: the mixer is an MLP (no hypernetworks), targets take no max, the targets are soft.
         super().__init__(td_lambda=td_lambda, hypernet_dim=1, double_q=False, target_update_interval=1, **kwargs)
+        self._agent_q_unroll: tuple[EpisodeBatch, torch.Tensor] | None = None
 
     def build(self, info: EnvInfo) -> None:
         self.actor = self.make_agent_network()
@@ -152,12 +157,22 @@ class QmixDmac(DivergenceRegularized, Qmix):
         """Counterfactual advantage with ``q_alternatives = Q_tot(s, (a'_i, a_-i))`` from the mixer."""
         return divergence.counterfactual_advantage_at(q_alternatives, actions, log_pi, log_rho, self.omega)
 
+    def agent_q_values(self, episodes: EpisodeBatch) -> torch.Tensor:
+        # The actor step, which runs first, unrolled the Q-networks over these episodes with the same weights
+        # (the actor's optimiser does not touch them): the critic reuses that unroll and its graph.
+        unrolled, self._agent_q_unroll = self._agent_q_unroll, None
+        if unrolled is not None and unrolled[0] is episodes:
+            return unrolled[1]
+        return super().agent_q_values(episodes)
+
     def actor_step(self, episodes: EpisodeBatch) -> None:
         steps = episodes.decisions
         log_pi, log_rho = self.log_policy(self.actor, episodes), self.log_rho(episodes)
         actions = self.actor_actions(episodes, log_pi.detach())
+        q_values = super().agent_q_values(episodes)
+        self._agent_q_unroll = (episodes, q_values)
         with torch.no_grad():
-            individual = self.unroll(self.agent_q, episodes)[:, steps]
+            individual = q_values.detach()[:, steps]
             q_alternatives = counterfactual_q(self.mixer, individual, actions, episodes.state[:, steps])
         advantage = self.advantage(q_alternatives, actions, log_pi[:, steps].detach(), log_rho[:, steps])
         actor_loss = divergence.policy_gradient_loss(advantage, gather_actions(log_pi[:, steps], actions), episodes.step_mask)
