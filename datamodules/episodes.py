@@ -255,6 +255,10 @@ class EpisodeDataModule(pl.LightningDataModule):
             total_frames=-1,
             trust_policy=True,
             auto_register_policy_transforms=False,
+            # The assembler copies every step out of the collector's TensorDict at once, and cuts episodes by
+            # their done flags: the collector may reuse one output TensorDict and skip trajectory ids.
+            return_same_td=True,
+            track_traj_ids=False,
             env_device=self.device,
             policy_device=module.device,
             storing_device=self.device,
