@@ -117,6 +117,17 @@ def time_bare(module, batch, updates: int, warmup: int) -> float:
     return 1000 * statistics.median(times[warmup:])
 
 
+def compile_networks(module) -> None:
+    """Every network of ``module`` (its direct submodules) under ``torch.compile``: ``forward`` and, for the
+    recurrent agent networks, ``unroll``. Dynamic shapes: batches are cut after their longest episode."""
+    import torch
+
+    for network in module.children():
+        network.forward = torch.compile(network.forward, dynamic=True)
+        if hasattr(network, "unroll"):
+            network.unroll = torch.compile(network.unroll, dynamic=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     from dmac_lightning.algorithms import NAMES
 
@@ -125,19 +136,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--episodes", type=int, default=32)
     parser.add_argument("--updates", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the bare update with every network's forward (and unroll) under torch.compile")
     args = parser.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(1)
-    print(f"| algorithm | batch (episodes x steps) | ours ms/update | bare torch ms/update | ours / bare |\n|---|---|---|---|---|")
+    compiled_header = (" bare torch, compiled ms/update |", "---|") if args.compile else ("", "")
+    print(f"| algorithm | batch (episodes x steps) | ours ms/update | bare torch ms/update | ours / bare |{compiled_header[0]}\n"
+          f"|---|---|---|---|---|{compiled_header[1]}")
     for name in args.algorithms:
         module, info, batch = build(name, args.episodes)
         ours = time_ours(module, info, batch, args.updates, args.warmup)
         fresh_module, _, _ = build(name, args.episodes)
         bare = time_bare(fresh_module, batch, args.updates, args.warmup)
         shape = batch["replay"].batch_size if "replay" in batch.keys() else batch.batch_size
-        print(f"| {name} | {shape[0]} x {shape[1] - 1} | {ours:.1f} | {bare:.1f} | {ours / bare:.2f} |", flush=True)
+        compiled = ""
+        if args.compile:
+            compiled_module, _, _ = build(name, args.episodes)
+            compile_networks(compiled_module)
+            compiled = f" {time_bare(compiled_module, batch, args.updates, args.warmup):.1f} |"
+        print(f"| {name} | {shape[0]} x {shape[1] - 1} | {ours:.1f} | {bare:.1f} | {ours / bare:.2f} |{compiled}", flush=True)
 
 
 if __name__ == "__main__":
