@@ -156,13 +156,12 @@ def smax_jax_limit(env, env_steps: int, steps_per_scan: int = 50) -> tuple[float
 def collection_only(data, module, device, env_steps: int) -> float:
     """The training loop with its updates switched off: the data module's ``collect`` (collector, policy,
     episode assembly, buffer write, counters) back to back; env steps/s over all collects after the first."""
-    module.to(device)
-    data._env_device = str(device)
+    data._env_device = str(device)  # no Trainer to say where the envs step
     data.connect(module)
     data.setup("fit")
     module.configure_env(data.env_info)
     module.to(device)
-    data.collect()  # the first collect builds the collector (and, on SMAX, compiles nothing new: the env is built)
+    data.collect()  # builds the collector; not timed (SMAX's step was compiled and warmed up by the env-only run)
     started, steps = time.perf_counter(), data.env_steps
     while data.env_steps - steps < env_steps:
         data.collect()
