@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -55,12 +57,72 @@ def test_runs_are_skipped_when_done_and_resumed_from_their_checkpoint(tmp_path, 
     os.utime(crashed, (os.path.getmtime(crashed) + 10,) * 2)
     assert sweep.command(run, str(tmp_path), "sw", [])[-2:] == ["--ckpt_path", crashed]
 
-    calls = []
-    monkeypatch.setattr(sweep.subprocess, "run", lambda argv, **kwargs: calls.append(argv) or type("R", (), {"returncode": 0})())
+    calls = FakeTraining.record(monkeypatch)
     sweep.execute(run, str(tmp_path), "sw", [], threads=1)
-    assert len(calls) == 1 and json.load(open(os.path.join(directory, sweep.DONE)))["command"] == calls[0]
+    assert len(calls) == 1 and json.load(open(os.path.join(directory, sweep.DONE)))["command"] == calls[0][0]
     sweep.execute(run, str(tmp_path), "sw", [], threads=1)  # done: not run again
     assert len(calls) == 1
+
+
+class FakeTraining:
+    """Stands in for the ``dmac fit`` process: records its argv and environment, and the claim it saw."""
+
+    def __init__(self, argv, env, calls, **kwargs):
+        self.pid = os.getpid()
+        self.argv, self.calls = argv, calls
+        calls.append((argv, env))
+
+    def wait(self):
+        value = lambda flag: self.argv[self.argv.index(f"--trainer.logger.init_args.{flag}") + 1]  # noqa: E731
+        directory = os.path.join(value("save_dir"), value("name"), value("version"))
+        self.calls[-1] += (os.path.exists(os.path.join(directory, "running.json")),)
+        return 0
+
+    @classmethod
+    def record(cls, monkeypatch) -> list:
+        calls = []
+        monkeypatch.setattr(sweep.subprocess, "Popen", lambda argv, **kwargs: cls(argv, calls=calls, **kwargs))
+        return calls
+
+
+def test_a_run_claimed_by_a_live_process_is_left_alone_and_a_dead_claim_taken_over(tmp_path, monkeypatch):
+    run = sweep.plan(sweep.algorithm_configs(["coma"]), [0])[0]
+    directory = run.directory(str(tmp_path), "sw")
+    os.makedirs(directory)
+    claim_file = os.path.join(directory, sweep.CLAIM)
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()  # stands for a sweep (and its training) that died without releasing its run
+    calls = FakeTraining.record(monkeypatch)
+
+    assert sweep.claim(directory) is None  # ours now
+    assert sweep.claim(directory) == {"host": sweep.socket.gethostname(), "pid": os.getpid()}  # a second sweep
+    _, status, seconds = sweep.execute(run, str(tmp_path), "sw", [], threads=None)
+    assert calls == [] and seconds == 0.0 and f"pid {os.getpid()}" in status
+
+    with open(claim_file, "w") as f:
+        json.dump({"host": sweep.socket.gethostname(), "pid": finished.pid, "child": finished.pid}, f)
+    _, status, _ = sweep.execute(run, str(tmp_path), "sw", [], threads=None)
+    assert status == 0 and len(calls) == 1
+    assert calls[0][2], "the run is claimed while it trains"
+    assert not os.path.exists(claim_file) and os.path.exists(os.path.join(directory, sweep.DONE))
+
+    with open(claim_file, "w") as f:  # a training whose sweep was killed: its child still runs
+        json.dump({"host": sweep.socket.gethostname(), "pid": finished.pid, "child": os.getpid()}, f)
+    assert sweep.claim(directory)["child"] == os.getpid()
+
+
+def test_threads_per_run_follow_workers_unless_given(tmp_path, monkeypatch):
+    calls = FakeTraining.record(monkeypatch)
+    monkeypatch.setattr(sweep.os, "cpu_count", lambda: 4)
+    common = ["--algorithms", "coma", "--seeds", "0", "--root", str(tmp_path)]
+    assert sweep.main(["--name", "one", *common]) == 0
+    assert calls[-1][1].get("OMP_NUM_THREADS") == os.environ.get("OMP_NUM_THREADS")  # one worker: all cores
+    assert sweep.main(["--name", "two", "--workers", "2", *common]) == 0
+    assert calls[-1][1]["OMP_NUM_THREADS"] == "2" and calls[-1][1]["MKL_NUM_THREADS"] == "2"
+    assert sweep.main(["--name", "side_by_side", "--threads", "1", *common]) == 0
+    assert calls[-1][1]["OMP_NUM_THREADS"] == "1"
+    with pytest.raises(SystemExit):
+        sweep.main(["--name", "bad", "--threads", "0", *common])
 
 
 def write_run(root, label, seed, ratio_end, cover_end, steps=(0, 5000, 10000)):
