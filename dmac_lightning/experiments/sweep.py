@@ -11,8 +11,9 @@ default); a ``--configs`` file runs alone. Each run writes its TensorBoard log, 
 checkpoints to ``<root>/<name>/<run>/seed_<s>/`` (``<run>``: the algorithm's or config's name, plus
 ``-<setting><value>`` when varying). A finished run leaves ``done.json`` there and is skipped next
 time; an interrupted one resumes from its newest checkpoint. A run in progress holds ``running.json``
-(host, the sweep's and its training's pids), so two sweeps over the same folder (say, one per core, or more seeds added while the
-first still runs) never train the same run at once; a claim whose processes have died is taken over.
+(host, the sweep's and its training's pids), so two sweeps over the same folder (say, one per core,
+or more seeds added while the first still runs) never train the same run at once; a claim whose
+processes have died is taken over.
 Arguments after ``--`` go to every run, after its config files (e.g.
 ``-- --config configs/studies/reduced_stochastic_game.yaml``).
 
