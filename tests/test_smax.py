@@ -13,7 +13,7 @@ pytest.importorskip("jaxmarl", reason="SMAX needs the [smax] extra (make test in
 from conftest import CONFIGS  # noqa: E402
 from dmac_lightning.cli import main  # noqa: E402
 from dmac_lightning.envs import check_env_config  # noqa: E402
-from dmac_lightning.envs.smax import SmaxEnv  # noqa: E402
+from dmac_lightning.envs.smax import PAPER_MAPS, SmaxEnv, smac_state  # noqa: E402
 
 
 def test_check_env_specs_and_layout():
@@ -128,7 +128,7 @@ def test_one_jitted_call_per_step_restarts_ended_battles_inside_it():
     env._step_and_restart = counted("step", env._step_and_restart)
     env._reset_where = counted("reset", env._reset_where)
     game = env._game
-    observe = jax.jit(jax.vmap(lambda s: (game.get_world_state(s), game.get_avail_actions(s), s.state.step)))
+    observe = jax.jit(jax.vmap(lambda s: (smac_state(game, s.state), game.get_avail_actions(s), s.state.step)))
     td = env.reset()
     ended_total = 0
     for _ in range(12):
@@ -148,3 +148,79 @@ def test_one_jitted_call_per_step_restarts_ended_battles_inside_it():
         td = td_next
     assert ended_total >= 6  # max_steps 5: every battle ended at least once
     assert calls == {"step": 12, "reset": 0}  # TorchRL's resets of the ended envs cost no further JAX call
+
+
+def random_play(env: SmaxEnv, steps: int) -> dict[str, torch.Tensor]:
+    """Every state and observation ``env`` hands out over ``steps`` steps of random play."""
+    td = env.reset()
+    seen = {"state": [td["state"]], "observation": [td["agents", "observation"]]}
+    for _ in range(steps):
+        td, td = env.step_and_maybe_reset(env.rand_action(td))
+        seen["state"].append(td["state"])
+        seen["observation"].append(td["agents", "observation"])
+    return {name: torch.cat(values).flatten(0, -2) for name, values in seen.items()}
+
+
+def assert_on_smac_scales(name: str, values: torch.Tensor, bound: float = 1.05) -> None:
+    """Every feature (column) within about [-1, 1], SMAC's scale."""
+    largest = values.abs().max(0).values
+    assert (largest <= bound).all(), f"{name}: features {torch.nonzero(largest > bound).flatten().tolist()} reach {largest.max():.2f}"
+
+
+@pytest.mark.parametrize("map_name", PAPER_MAPS)
+def test_state_and_observations_are_on_smac_scales_over_random_play(map_name):
+    env = SmaxEnv(n_envs=8, map_name=map_name, seed=0)
+    seen = random_play(env, 60)
+    assert seen["state"].shape[1] == env.info.state_dim and seen["observation"].shape[1] == env.info.obs_dim
+    assert_on_smac_scales(f"{map_name} state", seen["state"])
+    assert_on_smac_scales(f"{map_name} observation", seen["observation"])
+    assert seen["state"].abs().amax(0).gt(0.2).any()  # on that scale, not squashed to nothing
+
+
+def test_jaxmarls_own_world_state_fails_the_scale_check():
+    """The check above catches what the env handed out before: JaxMARL's ``get_world_state``
+    (raw map coordinates up to 32, cooldowns in seconds, integer unit types)."""
+    import jax
+
+    env = SmaxEnv(n_envs=8, map_name="2s3z", seed=0)
+    world_state = jax.jit(jax.vmap(env._game.get_world_state))
+    td = env.reset()
+    states = []
+    for _ in range(20):
+        states.append(torch.as_tensor(jax.device_get(world_state(env._states))))
+        td, td = env.step_and_maybe_reset(env.rand_action(td))
+    with pytest.raises(AssertionError, match="reach"):
+        assert_on_smac_scales("JaxMARL's world state", torch.cat(states))
+
+
+def test_state_features_are_smacs():
+    """2s3z: 5 allies (2 stalkers, 3 zealots) of health, cooldown, x, y and 2 type bits, then 5 enemies
+    without the cooldown; positions relative to the map centre over the map size; the dead all zero."""
+    import jax.numpy as jnp
+
+    env = SmaxEnv(n_envs=1, map_name="2s3z", seed=0)
+    game = env._game
+    env.reset()
+    units = jax_first(env._states.state)
+    size = 32.0
+    units = units.replace(
+        unit_positions=units.unit_positions.at[0].set(jnp.array([0.0, 32.0])).at[5].set(jnp.array([24.0, 8.0])),
+        unit_health=units.unit_health.at[1].set(40.0),  # a stalker at a quarter of its 160
+        unit_weapon_cooldowns=units.unit_weapon_cooldowns.at[2].set(0.43),  # a zealot at half of its 0.86 s
+        unit_alive=units.unit_alive.at[4].set(False).at[9].set(False),
+    )
+    state = torch.as_tensor(smac_state(game, units).tolist())
+    allies, enemies = state[:30].view(5, 6), state[30:].view(5, 5)
+    assert allies[0].tolist() == pytest.approx([1.0, 0.0, (0 - 16) / size, (32 - 16) / size, 1.0, 0.0])  # stalker
+    assert allies[1, 0].item() == pytest.approx(0.25)
+    assert allies[2, :2].tolist() == pytest.approx([1.0, 0.5]) and allies[2, 4:].tolist() == [0.0, 1.0]  # zealot
+    assert enemies[0].tolist() == pytest.approx([1.0, (24 - 16) / size, (8 - 16) / size, 1.0, 0.0])
+    assert allies[4].abs().sum() == 0 and enemies[4].abs().sum() == 0
+    assert env.info.state_dim == 55
+    assert SmaxEnv(n_envs=1, map_name="3m", seed=0).info.state_dim == 3 * 4 + 3 * 3  # one unit type: no type bits
+
+
+def jax_first(tree):
+    import jax
+
+    return jax.tree_util.tree_map(lambda x: x[0], tree)

@@ -5,6 +5,11 @@ cross into torch by DLPack. Maps: 3m, 8m, 2s3z, 3s5z, 5m_vs_6m, 3s_vs_3z (regist
 other scenario JaxMARL knows. 1c3s5z, MMM2 and 2c_vs_64zg have units SMAX does not model: they need
 StarCraft II (``data.env: smac``).
 
+Every env speaks SMAC's scales (docs/smax.md): the observations are SMAX's own (already in [-1, 1]); the
+state is SMAC's (``smac_state``), not JaxMARL's ``get_world_state``, which hands out raw map coordinates
+(0-32), raw cooldowns in seconds and integer unit types, and so starts every state-conditioned mixer and
+critic out of scale.
+
 Win: every enemy dead and at least one ally alive, into ``("info", "battle_won")``. The step limit
 (``max_steps``) is a truncation, not a termination. SMAX pays at most 2 per episode (enemy health
 removed, plus 1 for a win); ``reward_scale`` (default 10) gives returns SMAC's scale (at most 20), so
@@ -63,6 +68,47 @@ def _scenarios() -> dict:
     return smax_env.MAP_NAME_TO_SCENARIO
 
 
+def smac_state(game: Any, units: Any) -> Any:
+    """The global state of one battle (``units``: SMAX's inner ``State``) as SMAC builds it
+    (``StarCraft2Env.get_state_dict``), feature for feature on SMAC's scales:
+
+    * each ally: health / its type's maximum, weapon cooldown / its type's cooldown (clipped to [0, 1]),
+      x and y relative to the map centre over the map's size (in [-0.5, 0.5]), then the unit type one-hot;
+    * each enemy: the same without the cooldown (SMAC shows no enemy cooldowns);
+    * a dead unit's features are all zero.
+
+    The one-hot spans the scenario's distinct unit types and is left out where there is only one (SMAC's
+    ``unit_type_bits``: 0 on 3m, 2 on 2s3z); SMAX has no shields. Unlike SMAC's default
+    (``state_last_action``), the agents' last actions are not appended: the state is a function of the
+    battle alone (the agent networks get their own last action as input).
+    """
+    import jax.numpy as jnp
+
+    env = game._env
+    types = units.unit_types
+    kinds = _unit_kinds(game)
+    health = units.unit_health / env.unit_type_health[types]
+    cooldown = jnp.clip(units.unit_weapon_cooldowns / env.unit_type_weapon_cooldowns[types], 0.0, 1.0)
+    size = jnp.array([env.map_width, env.map_height], dtype=jnp.float32)
+    position = (units.unit_positions - size / 2) / size
+    type_bits = [(types[:, None] == jnp.asarray(kinds, dtype=types.dtype)).astype(jnp.float32)] if len(kinds) > 1 else []
+    allies = jnp.concatenate([health[:, None], cooldown[:, None], position, *type_bits], axis=1)
+    enemies = jnp.concatenate([health[:, None], position, *type_bits], axis=1)
+    n_allies = env.num_allies
+    alive = units.unit_alive[:, None]
+    return jnp.concatenate(
+        [jnp.where(alive[:n_allies], allies[:n_allies], 0.0).reshape(-1), jnp.where(alive[n_allies:], enemies[n_allies:], 0.0).reshape(-1)]
+    )
+
+
+def _unit_kinds(game: Any) -> tuple[int, ...]:
+    """The unit types a battle of ``game`` can hold: its scenario's, or all SMAX's when it draws them."""
+    env = game._env
+    if env.scenario is None or env.smacv2_unit_type_generation:
+        return tuple(range(env.unit_type_bits))
+    return tuple(sorted({int(t) for t in env.scenario.tolist()}))
+
+
 # What the torch side sees of a battle, in the order the packed arrays hold them.
 _SEEN = ("observation", "action_mask", "state")
 _FOLLOWED = ("reward", "terminated", "truncated", "battle_won")
@@ -97,7 +143,7 @@ def _compile(map_name: str, max_steps: int, reward_scale: float, n_envs: int, sm
         n_agents=len(agents),
         n_actions=int(game.action_space(agents[0]).n),
         obs_dim=int(game.observation_space(agents[0]).shape[0]),
-        state_dim=int(game.reset(jax.random.PRNGKey(0))[0]["world_state"].shape[0]),
+        state_dim=int(smac_state(game, game.reset(jax.random.PRNGKey(0))[1].state).shape[0]),
         episode_limit=max_steps,
         reports_wins=True,
     )
@@ -109,7 +155,7 @@ def _compile(map_name: str, max_steps: int, reward_scale: float, n_envs: int, sm
         return {
             "observation": jnp.stack([obs[a] for a in agents]),
             "action_mask": jnp.stack([available[a] for a in agents]),
-            "state": game.get_world_state(state),
+            "state": smac_state(game, state.state),
         }
 
     def pack(*parts: tuple[dict, tuple[str, ...]]) -> Any:
