@@ -200,7 +200,7 @@ class MultiAgentModule(pl.LightningModule):
         actions = self.choose_actions(outputs, available, mode)
         td.set(ACTION, actions.to(td.device) if td.device is not None else actions)
         td.set(("next", *HIDDEN), hidden.to(td.get(HIDDEN).device))
-        td.set(("next", *LAST_ACTION), F.one_hot(actions, self.env_info.n_actions).float().to(td.get(HIDDEN).device))
+        td.set(("next", *LAST_ACTION), F.one_hot(actions, self.env_info.n_actions).to(observation.dtype).to(td.get(HIDDEN).device))
         return td
 
     def policy(self, mode: ActMode) -> Callable[[TensorDictBase], TensorDictBase]:

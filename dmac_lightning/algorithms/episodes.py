@@ -25,7 +25,7 @@ class EpisodeBatch:
         self.state = batch.get(STATE)  # [B, L, state]
         self.actions = batch.get(ACTION)  # [B, L, n]
         self.reward = batch.get("reward")[..., :-1, 0]  # [B, T]
-        self.terminated = batch.get("terminated")[..., :-1, 0].float()  # [B, T]
+        self.terminated = batch.get("terminated")[..., :-1, 0].to(self.reward.dtype)  # [B, T]
         self.filled = batch.get("filled")  # [B, L]: an action was taken at t
         self.last_actions = previous_actions_one_hot(self.actions, n_actions)  # [B, L, n, A]
 

@@ -18,7 +18,7 @@ class MetricMeans:
             if name not in self._means:
                 # "disable": no NaN check, which would cost a host sync per update.
                 self._means[name] = MeanMetric(nan_strategy="disable").to(device)
-            value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
+            value = value.detach().to(torch.get_default_dtype()) if isinstance(value, torch.Tensor) else float(value)
             self._means[name].update(value)
 
     def compute(self) -> dict[str, float]:

@@ -101,8 +101,8 @@ class StochasticGameEnv(EnvBase):
             transition_concentration,
         )
         self._values = optimal_values(rewards, transitions, episode_limit)
-        self.rewards = rewards.float().to(device)
-        self.transitions = transitions.float().to(device)
+        self.rewards = rewards.to(torch.get_default_dtype()).to(device)
+        self.transitions = transitions.to(torch.get_default_dtype()).to(device)
         # Agent i's action is digit i (most significant first) of the joint action in base n_actions.
         self._place_values = (n_actions ** torch.arange(n_agents - 1, -1, -1)).to(device)
         self._visited = torch.zeros(n_states, n_actions**n_agents, dtype=torch.bool, device=device)
@@ -161,7 +161,7 @@ class StochasticGameEnv(EnvBase):
                 torch.nn.functional.one_hot(self._time.clamp(max=self.episode_limit - 1), self.episode_limit),
             ],
             dim=-1,
-        ).float()
+        ).to(self.rewards.dtype)
         n_envs = self.batch_size[0]
         agents = TensorDict(
             {

@@ -28,7 +28,7 @@ def agent_input_dim(obs_dim: int, n_agents: int, n_actions: int, last_action: bo
 
 def previous_actions_one_hot(actions: torch.Tensor, n_actions: int) -> torch.Tensor:
     """``[B, T, n]`` actions -> ``[B, T, n, n_actions]`` one-hot of the action taken one step earlier."""
-    one_hot = F.one_hot(actions, n_actions).float()
+    one_hot = F.one_hot(actions, n_actions).to(torch.get_default_dtype())
     return torch.cat([torch.zeros_like(one_hot[:, :1]), one_hot[:, :-1]], dim=1)
 
 

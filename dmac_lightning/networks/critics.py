@@ -42,7 +42,7 @@ class CounterfactualCritic(nn.Module):
         ``last_actions [..., n, A]`` -> ``Q [..., n, A]``: row i is ``Q(s, (., a_-i))``."""
         n, n_actions = self.n_agents, self.n_actions
         batch_shape = actions.shape[:-1]
-        joint = F.one_hot(actions, n_actions).float().reshape(*batch_shape, 1, n * n_actions)
+        joint = F.one_hot(actions, n_actions).to(state.dtype).reshape(*batch_shape, 1, n * n_actions)
         others_only = (1 - torch.eye(n, device=actions.device)).repeat_interleave(n_actions, dim=-1)
         inputs = torch.cat(
             [
@@ -116,7 +116,7 @@ class AttentionCritic(nn.Module):
         (unscaled, of agent pairs i != j, flattened; MAAC regularises their squares)."""
         batch_shape = actions.shape[:-1]
         n, heads, dim = self.n_agents, self.n_heads, self.attention_dim
-        encoded = F.relu(self.action_encoder(torch.cat([histories, F.one_hot(actions, self.n_actions).float()], -1)))
+        encoded = F.relu(self.action_encoder(torch.cat([histories, F.one_hot(actions, self.n_actions).to(histories.dtype)], -1)))
         query = self.queries(histories).view(*batch_shape, n, heads, dim)
         key = self.keys(encoded).view(*batch_shape, n, heads, dim)
         value = self.values(encoded).view(*batch_shape, n, heads, dim)
@@ -127,5 +127,5 @@ class AttentionCritic(nn.Module):
             attended = torch.einsum("...hij,...jhd->...ihd", weights, value).reshape(*batch_shape, n, heads * dim)
             logits = logits.masked_select(others.expand_as(logits))
         else:  # alone: nothing to attend to
-            attended = torch.zeros(*batch_shape, n, heads * dim, device=actions.device)
+            attended = histories.new_zeros(*batch_shape, n, heads * dim)
         return self.head(torch.cat([histories, attended], dim=-1)), logits

@@ -88,7 +88,7 @@ class FOPMixer(nn.Module):
 
     def lambda_weights(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         batch_shape = actions.shape[:-1]
-        joint = F.one_hot(actions, self.n_actions).float().reshape(*batch_shape, -1)
+        joint = F.one_hot(actions, self.n_actions).to(state.dtype).reshape(*batch_shape, -1)
         key = self.head_keys(state).abs().unsqueeze(-1) + 1e-10  # [..., heads, 1]
         agents = torch.sigmoid(self.head_agents(state)).view(*batch_shape, self.n_heads, self.n_agents)
         chosen = torch.sigmoid(self.head_actions(torch.cat([state, joint], -1))).view(*batch_shape, self.n_heads, self.n_agents)
