@@ -12,6 +12,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_warn
 
+from dmac_lightning.nonfinite import NonFiniteError, non_finite_tensors
 from dmac_lightning.targets import ran_an_update
 
 
@@ -46,12 +47,20 @@ class EnvStepCheckpoint(ModelCheckpoint):
         return candidates
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        # Never a checkpoint with non-finite weights: a diverged run stops here instead (dmac_lightning.nonfinite).
+        module = trainer.lightning_module
+        raise_if_diverged = getattr(module, "raise_if_diverged", None)
+        if raise_if_diverged is not None:
+            raise_if_diverged()
+        elif non_finite_tensors(module):
+            raise NonFiniteError(f"{type(module).__name__}: weights hold NaN or inf; not writing {filepath}")
         super()._save_checkpoint(trainer, filepath)
         self._last_env_steps_saved = self._env_steps(trainer)
 
 
 class CrashCheckpoint(pl.Callback):
-    """On an exception (including Ctrl-C), write ``on_exception.ckpt`` beside the run's checkpoints.
+    """On an exception (including Ctrl-C), write ``on_exception.ckpt`` beside the run's checkpoints,
+    unless the weights are NaN or infinite (a diverged run: its last checkpoint stays the newest).
 
     ``dmac fit --ckpt_path last`` resumes from whichever of ``last.ckpt`` and this is newer.
     """
@@ -71,6 +80,8 @@ class CrashCheckpoint(pl.Callback):
         directory = getattr(checkpoint, "dirpath", None)
         if directory is None or not self.trained_this_session:
             return
+        if isinstance(exception, NonFiniteError) or non_finite_tensors(pl_module):
+            return  # the last checkpoint on disk holds the last finite weights: keep it the newest
         try:
             # Rank 0 writes, without Trainer.save_checkpoint's closing barrier: under DDP a rank that
             # failed alone would wait there for ranks that are waiting in a collective, and hang.

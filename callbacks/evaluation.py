@@ -1,7 +1,10 @@
-"""Periodic evaluation every ``interval`` env steps over ``episodes`` episodes (paper App. C.3)."""
+"""Periodic evaluation every ``interval`` env steps over ``episodes`` episodes (paper App. C.3), and
+``checkpoints/best.ckpt``: the policy with the best evaluation so far."""
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any
 
 import pytorch_lightning as pl
@@ -12,6 +15,8 @@ from dmac_lightning.loggers import log_metrics
 from dmac_lightning.rendering import log_animation, replay_directory, require_drawing
 from dmac_lightning.validation import check_positive_int
 
+BEST_FILENAME = "best.ckpt"
+
 
 class Evaluation(pl.Callback):
     """Evaluate the current policy on a separate env, on rank 0 only, and log ``eval/*``.
@@ -19,6 +24,11 @@ class Evaluation(pl.Callback):
     Logged (x-axis env steps): ``eval/return``, ``eval/episode_length``, ``eval/win_rate`` where the
     env reports wins, ``eval/return_ratio`` (return / exact optimum) where the env knows its optimum.
     ``dmac test`` plays the same settings' episodes once.
+
+    After each evaluation that beats every earlier one of the run (``eval/win_rate`` where the env reports
+    wins, ``eval/return`` otherwise; greater is better, the first of equals kept), the evaluated policy is
+    written to ``checkpoints/best.ckpt`` beside ``last.ckpt``: weights and counters, without the optimiser
+    state and the replay buffer (it is for ``dmac test --ckpt_path best``; a resume takes ``last``).
 
     Args:
         interval: evaluate whenever this many more env steps (summed over ranks) were collected.
@@ -47,6 +57,7 @@ class Evaluation(pl.Callback):
         self.interval, self.at_start = interval, at_start
         self.next_at = 0
         self.last: dict[str, float] = {}
+        self.best: dict[str, float] = {}  # the best evaluation so far: metric, value, env_steps
 
     @property
     def episodes(self) -> int:
@@ -74,14 +85,41 @@ class Evaluation(pl.Callback):
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         steps = trainer.datamodule.env_steps
         self.next_at = (steps // self.interval + 1) * self.interval
+        raise_if_diverged = getattr(pl_module, "raise_if_diverged", None)
+        if raise_if_diverged is not None:
+            raise_if_diverged()  # a policy with NaN weights cannot be evaluated; on every rank, so all stop together
         if not trainer.is_global_zero:
             return {}
         metrics = self.evaluator.run(pl_module, trainer.datamodule)
         self.last = {"env_steps": steps, **metrics}
         log_metrics(trainer, {f"eval/{k}": v for k, v in metrics.items()}, step=steps)
+        self.keep_if_best(trainer, metrics, steps)
         record(trainer, pl_module, self.evaluator, f"eval_{steps}", tag="eval", step=steps)
         rank_zero_info(f"eval @ {steps} env steps: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         return metrics
+
+    def keep_if_best(self, trainer: pl.Trainer, metrics: dict[str, float], steps: int) -> None:
+        """Write ``best.ckpt`` (rank 0) if this evaluation beats every earlier one of the run."""
+        metric = "win_rate" if "win_rate" in metrics else "return"
+        value = metrics[metric]
+        if not math.isfinite(value) or (self.best and value <= self.best["value"]):
+            return
+        directory = getattr(trainer.checkpoint_callback, "dirpath", None)
+        if directory is None:  # checkpointing is off
+            return
+        self.best = {"metric": f"eval/{metric}", "value": value, "env_steps": steps}
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=True)
+        checkpoint.get(type(trainer.datamodule).__qualname__, {}).pop("buffer", None)
+        checkpoint["best"] = dict(self.best)
+        os.makedirs(directory, exist_ok=True)
+        # Rank 0 alone, without Trainer.save_checkpoint's barrier: only rank 0 evaluates.
+        trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, os.path.join(directory, BEST_FILENAME))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": dict(self.best)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = dict(state_dict.get("best", {}))
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.evaluator.close()

@@ -3,7 +3,9 @@
 Defaults on top of Lightning's: runs go to ``lightning_logs/<env>/<Algorithm>/version_N`` (TensorBoard
 events, ``config.yaml``, ``checkpoints/``); an epoch is ``data.env_steps_per_epoch`` env steps and a
 checkpoint (``last.ckpt``) is written after each; an exception writes ``on_exception.ckpt``;
-``--ckpt_path last`` resumes the newest run of the same env and algorithm, in its own directory.
+``--ckpt_path last`` resumes the newest run of the same env and algorithm, in its own directory;
+``dmac test --ckpt_path best`` evaluates its best evaluated policy (``checkpoints/best.ckpt``). A run that
+diverges (NaN or inf) stops with one message and exit status 1 (``dmac_lightning.nonfinite``).
 """
 
 from __future__ import annotations
@@ -18,10 +20,15 @@ from pytorch_lightning import seed_everything
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 
+import torch
+
 from callbacks import Evaluation, RLProgressBar
 from callbacks.checkpoint import CrashCheckpoint, EnvStepCheckpoint
+from callbacks.evaluation import BEST_FILENAME
 from datamodules import EpisodeDataModule
 from dmac_lightning.algorithms import ALGORITHMS, MultiAgentModule
+from dmac_lightning.checkpoints import RenamedSettingError, upgrade_settings
+from dmac_lightning.nonfinite import NonFiniteError
 
 LOG_ROOT = "lightning_logs"
 AUTO = "auto"
@@ -55,12 +62,12 @@ def run_name(model_class_path: str, env: str, env_kwargs: dict[str, Any] | None)
     return f"{env_label}/{model_class_path.rsplit('.', 1)[-1]}"
 
 
-def newest_run_checkpoint(save_dir: str, name: str) -> tuple[str, str] | None:
-    """``(checkpoint path, version)``: the newest ``last.ckpt`` or ``on_exception.ckpt`` under ``save_dir/name``."""
+def newest_run_checkpoint(save_dir: str, name: str, best: bool = False) -> tuple[str, str] | None:
+    """``(checkpoint path, version)``: the newest ``last.ckpt`` or ``on_exception.ckpt`` under ``save_dir/name``
+    (with ``best``: the newest ``best.ckpt``)."""
+    filenames = (BEST_FILENAME,) if best else ("last.ckpt", CrashCheckpoint.FILENAME)
     candidates = [
-        path
-        for filename in ("last.ckpt", CrashCheckpoint.FILENAME)
-        for path in glob.glob(os.path.join(save_dir, name, "*", "checkpoints", filename))
+        path for filename in filenames for path in glob.glob(os.path.join(save_dir, name, "*", "checkpoints", filename))
     ]
     if not candidates:
         return None
@@ -152,6 +159,26 @@ class DMACCLI(LightningCLI):
             message = str(error) or type(error).__name__
             self.parser.error(message)
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's (a checkpoint's model settings go over the config), with settings saved under names
+        since renamed mapped to today's, or one line naming the setting where they cannot be
+        (``dmac_lightning.checkpoints``)."""
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not path or not os.path.isfile(path):
+            return
+        settings = torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        settings.pop("_instantiator", None)
+        if not settings:
+            return
+        class_path = settings.pop("_class_path", None) or self.config[subcommand].model.class_path
+        try:
+            settings = upgrade_settings(class_path.rsplit(".", 1)[-1], settings)
+        except RenamedSettingError as error:
+            self.parser.error(f"--ckpt_path {path}: {error}")
+        model = {"class_path": class_path, "dict_kwargs": settings}
+        self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
+
     def before_instantiate_classes(self) -> None:
         try:
             self._check_and_name_run()
@@ -185,11 +212,14 @@ class DMACCLI(LightningCLI):
         if not named:
             return
         init_args = named[0]
-        if getattr(config, "ckpt_path", None) == "last":
-            found = newest_run_checkpoint(init_args.save_dir, init_args.name)
+        wanted = getattr(config, "ckpt_path", None)
+        if wanted == "best" and self.subcommand == "fit":
+            raise ConfigError("--ckpt_path best holds no optimiser state or replay buffer: it is for dmac test; resume with --ckpt_path last")
+        if wanted in ("last", "best"):
+            found = newest_run_checkpoint(init_args.save_dir, init_args.name, best=wanted == "best")
             if found is None:
                 raise ConfigError(
-                    f"--ckpt_path last: no run of {init_args.name} has a last.ckpt under "
+                    f"--ckpt_path {wanted}: no run of {init_args.name} has a {wanted}.ckpt under "
                     f"{os.path.join(init_args.save_dir, init_args.name)}"
                 )
             config.ckpt_path, version = found
@@ -198,7 +228,11 @@ class DMACCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
-    DMACCLI(args=args)
+    try:
+        DMACCLI(args=args)
+    except NonFiniteError as error:  # a diverged run: the message says it all, no traceback
+        sys.stderr.write(f"error: {error}\n")
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

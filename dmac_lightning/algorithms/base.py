@@ -27,6 +27,7 @@ from dmac_lightning.envs.common import ACTION, ACTION_MASK, OBSERVATION, EnvInfo
 from dmac_lightning.evaluation import Evaluator
 from dmac_lightning.loggers import log_metrics
 from dmac_lightning.networks import AgentRNN, agent_input_dim, agent_inputs
+from dmac_lightning.nonfinite import NonFiniteError, divergence_message, non_finite_metrics, non_finite_tensors
 from dmac_lightning.rendering import replay_directory
 from dmac_lightning.policy import epsilon_mixed_log_probs, greedy, linear_schedule, masked_log_softmax, sample
 from dmac_lightning.targets import ran_an_update
@@ -102,6 +103,7 @@ class MultiAgentModule(pl.LightningModule):
         self.metrics = MetricMeans()
         self.evaluator = Evaluator()  # `dmac test`'s episodes; the Evaluation callback sets the configured one
         self.updates = 0
+        self.updates_at_last_check = 0  # the non-finite check: updates are clean up to here
         self.critic_steps = 0  # critic optimiser steps (some critics take one per timestep of a batch)
 
     # -- building -------------------------------------------------------------------------------
@@ -212,8 +214,12 @@ class MultiAgentModule(pl.LightningModule):
 
     # -- training -------------------------------------------------------------------------------
     def training_step(self, dataloader_iter: Iterator) -> dict[str, bool]:
-        batch, _, _ = next(dataloader_iter)
-        self.update(batch.to(self.device))
+        try:
+            batch, _, _ = next(dataloader_iter)  # collects with the current policy
+            self.update(batch.to(self.device))
+        except RuntimeError:  # e.g. torch.multinomial refusing the probabilities of a policy whose weights went NaN
+            self.raise_if_diverged()
+            raise
         return {"updated": True}
 
     def update(self, batch: TensorDictBase) -> None:
@@ -282,13 +288,18 @@ class MultiAgentModule(pl.LightningModule):
 
     def optimizer_step(self, optimizer: Any, loss: torch.Tensor, clip_norm: float | None = None) -> None:
         """Backward, clip the gradient norm (``grad_clip_norm`` unless given; 0: no clip) and step one
-        optimiser (manual optimisation)."""
+        optimiser (manual optimisation). Records the norm before clipping as ``grad_norm/critic`` or
+        ``grad_norm/actor``."""
         clip_norm = self.grad_clip_norm if clip_norm is None else clip_norm
         optimizer.zero_grad()
         self.manual_backward(loss)
-        if clip_norm > 0:
-            self.clip_gradients(optimizer, gradient_clip_val=clip_norm, gradient_clip_algorithm="norm")
+        parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if clip_norm > 0:  # what Lightning's clip_gradients does in full precision, keeping the norm it computes
+            norm = torch.nn.utils.clip_grad_norm_(parameters, clip_norm)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in parameters]))
         optimizer.step()
+        self.record(**{f"grad_norm/{'critic' if optimizer is self.critic_optimizer else 'actor'}": norm})
 
     @property
     def critic_grad_clip_norm(self) -> float:
@@ -314,9 +325,27 @@ class MultiAgentModule(pl.LightningModule):
             self.flush_metrics()
 
     def flush_metrics(self) -> None:
+        """Log the metric means since the last flush; stop the run if it diverged (``nonfinite``)."""
         means = self.metrics.compute()
         if means:
             log_metrics(self.trainer, means, step=self.env_steps)
+        self.raise_if_diverged(means)
+
+    def raise_if_diverged(self, metrics: dict[str, float] | None = None) -> None:
+        """Raise :class:`NonFiniteError` with the one message a diverged run stops with, if ``metrics``
+        (logged means) or any weight is NaN or infinite."""
+        bad_metrics = non_finite_metrics(metrics or {})
+        bad_tensors = non_finite_tensors(self)
+        if not bad_metrics and not bad_tensors:
+            self.updates_at_last_check = self.updates
+            return
+        checkpoint = getattr(self.trainer, "checkpoint_callback", None) if self._trainer is not None else None
+        raise NonFiniteError(
+            divergence_message(
+                type(self).__name__, self.updates, self.env_steps, bad_metrics, bad_tensors, dict(self.hparams),
+                last_checkpoint=getattr(checkpoint, "last_model_path", None) or None, since_update=self.updates_at_last_check,
+            )
+        )
 
     def on_train_epoch_end(self) -> None:
         if getattr(self.trainer.datamodule, "budget_reached", False):
