@@ -3,6 +3,7 @@ import sys
 import warnings
 
 import pytest
+import torch
 from hypothesis import settings
 
 from dmac_lightning.algorithms import REGISTRY, algorithm
@@ -16,6 +17,13 @@ CONFIGS = os.path.join(ROOT, "configs")
 SMALL_GAME = {"n_states": 3, "n_agents": 2, "n_actions": 3, "episode_limit": 5, "game_seed": 0}
 
 warnings.filterwarnings("ignore", message=".*dataloader_iter.*")
+
+# One torch/OpenMP thread in the tests and in every process they start (CLI runs, DDP ranks): the same
+# summation order whatever the machine's core count, and no threads spinning on cores other work holds
+# (on 2 busy cores a run with two threads took 19 times as long as with one).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Callbacks the end-to-end tests add to real `dmac fit` runs (``--trainer.callbacks+``)."""
 
 import os
+import signal
 
 import pytorch_lightning as pl
 import torch
@@ -15,6 +16,17 @@ class FailAt(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
         if trainer.datamodule.env_steps >= self.env_steps:
             raise RuntimeError(f"injected failure at {trainer.datamodule.env_steps} env steps")
+
+
+class KillAt(pl.Callback):
+    """SIGKILL the run (no exception handler runs) once it has collected ``env_steps`` env steps."""
+
+    def __init__(self, env_steps: int) -> None:
+        self.env_steps = env_steps
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        if trainer.datamodule.env_steps >= self.env_steps:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class DumpAtTrainStart(pl.Callback):

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -90,8 +88,7 @@ def test_a_run_claimed_by_a_live_process_is_left_alone_and_a_dead_claim_taken_ov
     directory = run.directory(str(tmp_path), "sw")
     os.makedirs(directory)
     claim_file = os.path.join(directory, sweep.CLAIM)
-    finished = subprocess.Popen([sys.executable, "-c", "pass"])
-    finished.wait()  # stands for a sweep (and its training) that died without releasing its run
+    dead_pid = 2**22 + 1  # above any Linux pid_max: stands for a sweep (and its training) that died without releasing its run
     calls = FakeTraining.record(monkeypatch)
 
     assert sweep.claim(directory) is None  # ours now
@@ -100,14 +97,14 @@ def test_a_run_claimed_by_a_live_process_is_left_alone_and_a_dead_claim_taken_ov
     assert calls == [] and seconds == 0.0 and f"pid {os.getpid()}" in status
 
     with open(claim_file, "w") as f:
-        json.dump({"host": sweep.socket.gethostname(), "pid": finished.pid, "child": finished.pid}, f)
+        json.dump({"host": sweep.socket.gethostname(), "pid": dead_pid, "child": dead_pid}, f)
     _, status, _ = sweep.execute(run, str(tmp_path), "sw", [], threads=None)
     assert status == 0 and len(calls) == 1
     assert calls[0][2], "the run is claimed while it trains"
     assert not os.path.exists(claim_file) and os.path.exists(os.path.join(directory, sweep.DONE))
 
     with open(claim_file, "w") as f:  # a training whose sweep was killed: its child still runs
-        json.dump({"host": sweep.socket.gethostname(), "pid": finished.pid, "child": os.getpid()}, f)
+        json.dump({"host": sweep.socket.gethostname(), "pid": dead_pid, "child": os.getpid()}, f)
     assert sweep.claim(directory)["child"] == os.getpid()
 
 

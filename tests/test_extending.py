@@ -223,6 +223,7 @@ def test_the_toy_family_trains_through_the_cli_and_learns_to_coordinate(variant,
     main([
         "fit", "--config", coordination, "--config", algorithm_file,
         "--model.init_args.lr_actor", "3e-3", "--data.max_env_steps", "4800", "--seed_everything", "1",
+        "--evaluation.episodes", "200",  # the final ratio within about 0.01: measured 0.975-1.0 on seeds 1-4
         "--trainer.enable_progress_bar", "false",
     ])
     (run_dir,) = glob.glob(str(tmp_path / "lightning_logs" / "coordination" / ("IacDmac" if variant == "iac_dmac" else "Iac") / "version_0"))

@@ -104,7 +104,7 @@ def check_config(config: dict[str, Any], package: str = "smac") -> None:
         raise ValueError(f"{package}: map_name must be a SMAC map name such as {', '.join(PAPER_MAPS)}")
     if config.get("continuing_episode", True) is not True:
         raise ValueError(
-            f"data.env_kwargs.continuing_episode must be true (the default here): without it SMAC does not report "
+            "data.env_kwargs.continuing_episode must be true (the default here): without it SMAC does not report "
             "time-outs, and a time limit would be stored as a termination instead of a truncation"
         )
     if package == "smacv2" and map_name.startswith("10gen") and not config.get("capability_config"):
