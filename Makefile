@@ -14,7 +14,7 @@ $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PIN)
-	$(BIN)/python -m pip install -q -e '.[test,smax]'
+	$(BIN)/python -m pip install -q -e '.[test,smax,slurm]'
 	touch $(STAMP)
 
 # The default run: COMA+DMAC (paper hyperparameters, the DMAC authors' schedule) on the reduced

@@ -22,6 +22,7 @@ setup(
         "smac": ["pysc2", "protobuf>=4"],
         "plots": ["matplotlib"],
         "wandb": ["wandb>=0.19"],
+        "slurm": ["submitit>=1.5"],
     },
     entry_points={
         "console_scripts": [

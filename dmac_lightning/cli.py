@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 from pytorch_lightning import seed_everything
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 
 import torch
@@ -227,12 +228,20 @@ class DMACCLI(LightningCLI):
                 other.version = version
 
 
+# Exit status of a run stopped by SIGTERM (128 + 15, as a shell reports it): not 0, so that a sweep (local or
+# SLURM) never takes a stopped run for a finished one.
+STOPPED_BY_SIGTERM = 143
+
+
 def main(args: list[str] | None = None) -> None:
     try:
         DMACCLI(args=args)
     except NonFiniteError as error:  # a diverged run: the message says it all, no traceback
         sys.stderr.write(f"error: {error}\n")
         raise SystemExit(1) from None
+    except SIGTERMException:  # Lightning's (a SystemExit with status 0), after CrashCheckpoint wrote on_exception.ckpt
+        sys.stderr.write("stopped by SIGTERM: the checkpoint is written; resume with --ckpt_path last\n")
+        raise SystemExit(STOPPED_BY_SIGTERM) from None
 
 
 if __name__ == "__main__":

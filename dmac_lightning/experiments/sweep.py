@@ -20,6 +20,11 @@ Arguments after ``--`` go to every run, after its config files (e.g.
 Each run's torch/OpenMP threads: ``--threads``, by default the cores shared out among ``--workers``
 (all of them for one worker). Two sweeps side by side on a 2-core machine want ``--threads 1`` each:
 otherwise every run spins two threads on a core it shares.
+
+``--launcher slurm`` submits every run as a task of one SLURM job array instead (``experiments/slurm.py``:
+resources per run, pre-emption and requeue), into the same folders; ``--status`` shows every run of a
+sweep, from either launcher: done, running, pending, failed (with its logs). A failed run leaves
+``failed.json`` until it succeeds.
 """
 
 from __future__ import annotations
@@ -33,12 +38,14 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 from callbacks.checkpoint import CrashCheckpoint
 from dmac_lightning.algorithms import NAMES, algorithm
 
 DONE = "done.json"
 CLAIM = "running.json"
+FAILED = "failed.json"
 
 
 @dataclass(frozen=True)
@@ -112,10 +119,12 @@ def _alive(claim: dict) -> bool:
     return False
 
 
-def claim(directory: str) -> dict | None:
-    """Take the run in ``directory`` for this process (returns None), unless a live process holds it (returns its claim)."""
+def claim(directory: str, job: str | None = None) -> dict | None:
+    """Take the run in ``directory`` for this process (returns None), unless a live process holds it (returns its claim).
+    ``job``: this process's SLURM task, whose earlier incarnations' claims (before a requeue, maybe on another
+    node) are its own."""
     path = os.path.join(directory, CLAIM)
-    mine = {"host": socket.gethostname(), "pid": os.getpid()}
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), **({"job": job} if job else {})}
     for _ in range(2):
         try:
             descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -129,7 +138,7 @@ def claim(directory: str) -> dict | None:
                 if time.time() - os.path.getmtime(path) < 30:
                     return {"host": "?", "pid": "?"}
                 holder = {}
-            if holder and _alive(holder):
+            if holder and _alive(holder) and not (job and holder.get("job") == job):
                 return holder
             try:
                 os.remove(path)
@@ -142,13 +151,18 @@ def claim(directory: str) -> dict | None:
     raise RuntimeError(f"could not claim {directory}: {path} keeps reappearing")
 
 
-def execute(run: Run, root: str, name: str, extra: list[str], threads: int | None) -> tuple[Run, int | str, float]:
-    """Run one (config, seed) to its end; returncode 0 and 0 s when done before, a str when another holds it."""
+def execute(
+    run: Run, root: str, name: str, extra: list[str], threads: int | None, job: str | None = None,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
+) -> tuple[Run, int | str, float]:
+    """Run one (config, seed) to its end; returncode 0 and 0 s when done before, a str when another holds it.
+    A run that fails leaves ``failed.json`` (its exit status and log) until it succeeds. ``job``: the SLURM
+    task running it (``claim``); ``on_start`` gets the training process once it started."""
     directory = run.directory(root, name)
     if os.path.exists(os.path.join(directory, DONE)):
         return run, 0, 0.0
     os.makedirs(directory, exist_ok=True)
-    holder = claim(directory)
+    holder = claim(directory, job)
     if holder is not None:
         return run, f"running elsewhere: host {holder.get('host')}, pid {holder.get('pid')}", 0.0
     try:
@@ -161,20 +175,30 @@ def execute(run: Run, root: str, name: str, extra: list[str], threads: int | Non
         started = time.perf_counter()
         with open(os.path.join(directory, "sweep.log"), "a") as log:
             training = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=environment)
+            if on_start is not None:
+                on_start(training)
             with open(os.path.join(directory, CLAIM + ".new"), "w") as f:
-                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "child": training.pid}, f)
+                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "child": training.pid, **({"job": job} if job else {})}, f)
             os.replace(os.path.join(directory, CLAIM + ".new"), os.path.join(directory, CLAIM))  # never half-written
             returncode = training.wait()
         duration = time.perf_counter() - started
         if returncode == 0:
             with open(os.path.join(directory, DONE), "w") as f:
                 json.dump({"command": argv, "seconds": round(duration, 1)}, f, indent=1)
+            _remove(os.path.join(directory, FAILED))
+        else:
+            with open(os.path.join(directory, FAILED), "w") as f:
+                json.dump({"exit": returncode, "log": os.path.join(directory, "sweep.log"), "job": job}, f, indent=1)
         return run, returncode, duration
     finally:
-        try:
-            os.remove(os.path.join(directory, CLAIM))
-        except FileNotFoundError:
-            pass
+        _remove(os.path.join(directory, CLAIM))
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,26 +207,69 @@ def main(argv: list[str] | None = None) -> int:
     own = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True, help="the sweep's directory under --root")
-    what = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument("--status", action="store_true", help="show each run of the sweep: done, running, pending, failed (with its logs)")
+    what = parser.add_mutually_exclusive_group()
     what.add_argument("--algorithms", nargs="+", choices=[*NAMES, "all"], help="registered algorithms, or all ten")
     what.add_argument("--configs", nargs="+", help="config files, each a run of its own")
     parser.add_argument("--env", default="stochastic_game", help="with --algorithms: stochastic_game, smax, smac or smacv2")
     parser.add_argument("--map", default=None, help="with --algorithms on smax/smac: the map (configs/<env>/<map>.yaml)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--vary", default=None, help="one setting over values, e.g. model.init_args.omega=0.1,1")
-    parser.add_argument("--workers", type=int, default=1, help="runs at once (each its own process)")
-    parser.add_argument(
+    parser.add_argument("--root", default="runs")
+    parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                        help="local: a pool of processes on this machine (default); slurm: one SLURM job array task per run, through submitit")
+    local = parser.add_argument_group("--launcher local")
+    local.add_argument("--workers", type=int, default=1, help="runs at once (each its own process)")
+    local.add_argument(
         "--threads", type=int, default=None,
         help="torch/OpenMP threads per run (default: the cores shared out among --workers, all for one)",
     )
-    parser.add_argument("--root", default="runs")
+    cluster = parser.add_argument_group("--launcher slurm (each run asks for these)")
+    cluster.add_argument("--cpus-per-run", type=int, default=1, help="CPUs per run (also its torch threads)")
+    cluster.add_argument("--gpus-per-run", type=int, default=0)
+    cluster.add_argument("--mem", default=None, help="memory per run, as sbatch --mem takes it (e.g. 16G)")
+    cluster.add_argument("--time", default=None, help="time limit per job, as sbatch --time takes it (e.g. 4:00:00); a run stopped at it resumes")
+    cluster.add_argument("--partition", default=None)
+    cluster.add_argument("--sbatch", action="append", default=[], metavar="OPTION=VALUE",
+                         help="any other sbatch option, repeatable (e.g. --sbatch account=mygroup --sbatch qos=low)")
+    cluster.add_argument("--max-requeues", type=int, default=5,
+                         help="times a run may be stopped by SLURM (pre-emption, time limit) and requeued before it counts as failed")
+    cluster.add_argument("--signal-delay", type=int, default=120,
+                         help="seconds before --time at which a run is told to checkpoint and requeue")
+    cluster.add_argument("--max-running", type=int, default=None, help="at most this many runs at once (the array's %%N)")
     args = parser.parse_args(own)
-    if args.workers < 1:
-        parser.error(f"--workers must be at least 1; got {args.workers}")
+    if args.status:
+        return print_status(args.root, args.name)
+    if not (args.algorithms or args.configs):
+        parser.error("give --algorithms or --configs (or --status)")
+    for flag in ("workers", "cpus_per_run"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1; got {getattr(args, flag)}")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be at least 1; got {args.threads}")
+    if args.gpus_per_run not in (0, 1):
+        parser.error(
+            f"--gpus-per-run must be 0 or 1; got {args.gpus_per_run}: a sweep runs one process per run (for a run "
+            "on several GPUs, start dmac fit with srun, one task per GPU: README, Scaling)"
+        )
+    if args.max_requeues < 0:
+        parser.error(f"--max-requeues must be at least 0; got {args.max_requeues}")
     configs = algorithm_configs(args.algorithms, args.env, args.map) if args.algorithms else args.configs
     runs = plan(configs, args.seeds, args.vary)
+    if args.launcher == "slurm":
+        from dmac_lightning.experiments import slurm
+
+        resources = slurm.Resources(
+            args.cpus_per_run, args.gpus_per_run, args.mem, args.time, args.partition, args.signal_delay, args.max_running,
+            tuple(args.sbatch),
+        )
+        ids = slurm.submit(runs, args.root, args.name, extra, resources, args.max_requeues)
+        print(f"sweep {args.name}: {len(ids)} of {len(runs)} runs submitted to SLURM (the others are done), into {os.path.join(args.root, args.name)}")
+        done = {id(run) for run in runs if os.path.exists(os.path.join(run.directory(os.path.abspath(args.root), args.name), DONE))}
+        for run, job in zip((run for run in runs if id(run) not in done), ids):
+            print(f"  {run.label} seed {run.seed}: job {job}")
+        print(f"watch it with: dmac-sweep --status --name {args.name}" + (f" --root {args.root}" if args.root != "runs" else ""))
+        return 0
     threads = args.threads or (max(1, (os.cpu_count() or 1) // args.workers) if args.workers > 1 else None)
     print(f"sweep {args.name}: {len(runs)} runs, {args.workers} at a time, into {os.path.join(args.root, args.name)}")
     failures = 0
@@ -219,6 +286,20 @@ def main(argv: list[str] | None = None) -> int:
                 failures += 1
             print(f"[{index}/{len(runs)}] {run.label} seed {run.seed}: {status} {duration:.0f} s", flush=True)
     return 1 if failures else 0
+
+
+def print_status(root: str, name: str) -> int:
+    """The ``--status`` table; exit status 1 when a run failed."""
+    from dmac_lightning.experiments.slurm import status
+
+    rows = status(root, name)
+    width = max([len(label) for label, *_ in rows] + [3])
+    counts: dict[str, int] = {}
+    for label, seed, state, detail in rows:
+        counts[state] = counts.get(state, 0) + 1
+        print(f"{label:<{width}}  seed {seed:<3} {state:<12} {detail}".rstrip())
+    print(f"sweep {name}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    return 1 if counts.get("failed") else 0
 
 
 if __name__ == "__main__":
