@@ -19,14 +19,17 @@ class FailAt(pl.Callback):
 
 
 class KillAt(pl.Callback):
-    """SIGKILL the run (no exception handler runs) once it has collected ``env_steps`` env steps."""
+    """Send the run ``signal_name`` (default SIGKILL: no exception handler runs) once it has collected
+    ``env_steps`` env steps."""
 
-    def __init__(self, env_steps: int) -> None:
-        self.env_steps = env_steps
+    def __init__(self, env_steps: int, signal_name: str = "SIGKILL") -> None:
+        self.env_steps, self.signal = env_steps, getattr(signal, signal_name)
+        self.sent = False
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
-        if trainer.datamodule.env_steps >= self.env_steps:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if trainer.datamodule.env_steps >= self.env_steps and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signal)
 
 
 class DumpAtTrainStart(pl.Callback):

@@ -239,3 +239,15 @@ def test_a_killed_run_resumes_with_the_checkpointed_replay_buffer_and_counters(t
     assert torch.equal(start["newest"], saved["buffer"]["newest"])
     final = torch.load(last, weights_only=True)["EpisodeDataModule"]
     assert final["env_steps"] >= saved["env_steps"] + 200  # and training went on from there
+
+
+def test_a_run_stopped_by_sigterm_keeps_its_checkpoint_and_exits_143(tmp_path):
+    # as SLURM stops a job: the run writes on_exception.ckpt and exits non-zero (Lightning alone exits 0,
+    # and a sweep would take the stopped run for a finished one)
+    args = [*COMA_DMAC, *FAST, "--data.warmup_episodes", "0", "--data.max_env_steps", "100000"]
+    stopped = run(tmp_path, "fit", *args, *probe("KillAt", env_steps=300, signal_name="SIGTERM"), expect_ok=False)
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert "stopped by SIGTERM" in stopped.stderr and "Traceback" not in stopped.stderr
+    saved = torch.load(tmp_path / "lightning_logs" / "stochastic_game" / "ComaDmac" / "version_0" / "checkpoints" / "on_exception.ckpt",
+                       weights_only=True)
+    assert 300 <= saved["EpisodeDataModule"]["env_steps"] < 100_000
