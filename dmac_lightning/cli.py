@@ -16,12 +16,10 @@ import re
 import sys
 from typing import Any, NoReturn
 
+import torch
 from pytorch_lightning import seed_everything
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities.exceptions import SIGTERMException
-
-
-import torch
 
 from callbacks import Evaluation, RLProgressBar
 from callbacks.checkpoint import CrashCheckpoint, EnvStepCheckpoint
@@ -172,12 +170,12 @@ class DMACCLI(LightningCLI):
         settings.pop("_instantiator", None)
         if not settings:
             return
-        class_path = settings.pop("_class_path", None) or self.config[subcommand].model.class_path
+        class_path = settings.pop("_class_path", None)
         try:
-            settings = upgrade_settings(class_path.rsplit(".", 1)[-1], settings)
+            settings = upgrade_settings((class_path or self.config[subcommand].model.class_path).rsplit(".", 1)[-1], settings)
         except RenamedSettingError as error:
             self.parser.error(f"--ckpt_path {path}: {error}")
-        model = {"class_path": class_path, "dict_kwargs": settings}
+        model = {"class_path": class_path, "dict_kwargs": settings} if class_path else settings
         self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
 
     def before_instantiate_classes(self) -> None:
