@@ -73,8 +73,10 @@ class SlurmRun:
         os.chdir(self.cwd)
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)  # submitit's own handler ignores it
         try:
+            # SLURM sends its warning (USR2) to every process of the task: the training must not die of it
             _, returncode, _ = sweep.execute(
-                self.run, self.root, self.name, self.extra, self.threads, job=task_id(), on_start=self._started
+                self.run, self.root, self.name, self.extra, self.threads, job=task_id(), on_start=self._started,
+                ignored_signals=(signal.SIGUSR2,),
             )
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -93,23 +95,23 @@ class SlurmRun:
     def _started(self, child: subprocess.Popen) -> None:
         self._child = child
 
+    # Both hooks run as signal handlers in the main thread, which waits on the training process inside
+    # ``Popen.wait`` and holds its lock: they signal and watch the process by pid, never through Popen.
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         """SLURM stops the task: the training (which got the signal too) writes its checkpoint and exits."""
         self._stopped = True
-        if self._child is not None and self._child.poll() is None:
-            self._child.send_signal(signal.SIGTERM)
+        if self._child is not None:
+            _signal(self._child.pid, signal.SIGTERM)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """submitit's hook on ``USR2`` (``--signal-delay`` before ``--time``, or a pre-emption notice): let
         the training write its checkpoint, then let submitit requeue this task (None: no requeue)."""
         submitit = require_submitit()
         self._stopped = True
-        if self._child is not None and self._child.poll() is None:
-            self._child.send_signal(signal.SIGTERM)
-            try:
-                self._child.wait(timeout=300)
-            except subprocess.TimeoutExpired:
-                self._child.kill()
+        if self._child is not None:
+            _signal(self._child.pid, signal.SIGTERM)
+            if not _wait_for_exit(self._child.pid, timeout=300):
+                _signal(self._child.pid, signal.SIGKILL)
         if not self.requeues_left():
             self._fail(f"stopped by SLURM {self.restarts + 1} times (--max-requeues {self.max_requeues})")
             return None
@@ -149,6 +151,28 @@ class SlurmRun:
             os.remove(os.path.join(self.directory, filename))
         except FileNotFoundError:
             pass
+
+
+def _signal(pid: int, number: int) -> None:
+    try:
+        os.kill(pid, number)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_for_exit(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` ended within ``timeout`` s, without reaping it (it stays ``Popen.wait``'s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.2)
+    return False
 
 
 @dataclass(frozen=True)

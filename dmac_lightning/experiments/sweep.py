@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -153,11 +154,12 @@ def claim(directory: str, job: str | None = None) -> dict | None:
 
 def execute(
     run: Run, root: str, name: str, extra: list[str], threads: int | None, job: str | None = None,
-    on_start: Callable[[subprocess.Popen], None] | None = None,
+    on_start: Callable[[subprocess.Popen], None] | None = None, ignored_signals: tuple[int, ...] = (),
 ) -> tuple[Run, int | str, float]:
     """Run one (config, seed) to its end; returncode 0 and 0 s when done before, a str when another holds it.
     A run that fails leaves ``failed.json`` (its exit status and log) until it succeeds. ``job``: the SLURM
-    task running it (``claim``); ``on_start`` gets the training process once it started."""
+    task running it (``claim``); ``on_start`` gets the training process once it started; ``ignored_signals``:
+    signals the training process ignores (meant for the process that starts it)."""
     directory = run.directory(root, name)
     if os.path.exists(os.path.join(directory, DONE)):
         return run, 0, 0.0
@@ -174,7 +176,8 @@ def execute(
         argv = command(run, root, name, extra)
         started = time.perf_counter()
         with open(os.path.join(directory, "sweep.log"), "a") as log:
-            training = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=environment)
+            ignore = (lambda: [signal.signal(number, signal.SIG_IGN) for number in ignored_signals]) if ignored_signals else None
+            training = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=environment, preexec_fn=ignore)
             if on_start is not None:
                 on_start(training)
             with open(os.path.join(directory, CLAIM + ".new"), "w") as f:
