@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -200,3 +201,23 @@ def test_one_seed_gets_no_interval_and_no_verdict(tmp_path):
     table = (out / "summary.md").read_text()
     assert "| coma_dmac | 1 | 0.800 (one seed: no interval) | n/a |" in table and "± 0.000" not in table
     assert "| COMA | +0.300 (fewer than 2 seeds a side: no test) | n/a | n/a |" in table
+
+
+def test_the_slurm_launcher_says_how_to_install_submitit_and_translates_resources(monkeypatch, tmp_path, capsys):
+    from dmac_lightning.experiments import slurm
+
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if not installed
+    with pytest.raises(SystemExit, match=r"needs submitit, which is not installed: pip install 'dmac-lightning\[slurm\]'"):
+        sweep.main(["--name", "s", "--algorithms", "coma", "--seeds", "0", "--root", str(tmp_path), "--launcher", "slurm"])
+    with pytest.raises(SystemExit):
+        sweep.main(["--name", "s", "--algorithms", "coma", "--launcher", "slurm", "--gpus-per-run", "2"])
+    assert "--gpus-per-run must be 0 or 1" in capsys.readouterr().err
+
+    assert [slurm.minutes(t) for t in ("90", "1:30:00", "2-00:00", "0:00:20", "4:00:00")] == [90, 90, 2880, 1, 240]
+    parameters = slurm.Resources(cpus=8, gpus=1, mem="48G", time="24:00:00", partition="gpu", max_running=20,
+                                 sbatch=("account=mygroup", "--exclusive")).parameters("smac_3m", max_requeues=5)
+    assert parameters["cpus_per_task"] == 8 and parameters["gpus_per_node"] == 1 and parameters["mem"] == "48G"
+    assert parameters["time"] == 1440 and parameters["partition"] == "gpu" and parameters["array_parallelism"] == 20
+    assert parameters["additional_parameters"] == {"requeue": True, "account": "mygroup", "exclusive": True}
+    assert parameters["signal_delay_s"] == 120  # a long limit: the default warning
+    assert slurm.Resources(time="1").parameters("x", 5)["signal_delay_s"] == 15  # a short one: a quarter of it
