@@ -63,7 +63,7 @@ class Cluster:
         memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 // 2
         with open(self.env["SLURM_CONF"], "w") as f:
             f.write("\n".join([
-                "ClusterName=dmactest", f"SlurmctldHost={host}", "SlurmUser=root", "SlurmdUser=root",
+                "ClusterName=dmactest", f"SlurmctldHost={host}(127.0.0.1)",  # loopback: no name lookup needed "SlurmUser=root", "SlurmdUser=root",
                 "AuthType=auth/munge", f"AuthInfo=socket={socket_path}",
                 f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
                 f"StateSaveLocation={self.path('state')}", f"SlurmdSpoolDir={self.path('spool')}",
@@ -73,11 +73,11 @@ class Cluster:
                 "SchedulerType=sched/backfill", "SelectType=select/cons_tres", "SelectTypeParameters=CR_CPU",
                 "ReturnToService=2", "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
                 "JobCompType=jobcomp/none", "KillWait=30", "MinJobAge=600", "SchedulerParameters=sched_interval=2",
-                f"NodeName={host} CPUs={self.cpus} RealMemory={memory_mb} State=UNKNOWN",
+                f"NodeName={host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={memory_mb} State=UNKNOWN",
                 "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
             ]) + "\n")
         subprocess.run([_binary("slurmctld"), "-f", self.env["SLURM_CONF"]], check=True, env=self.env, capture_output=True)
-        subprocess.run([_binary("slurmd"), "-f", self.env["SLURM_CONF"]], check=True, env=self.env, capture_output=True)
+        subprocess.run([_binary("slurmd"), "-f", self.env["SLURM_CONF"], "-N", host], check=True, env=self.env, capture_output=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             state = subprocess.run(["sinfo", "-h", "-o", "%t"], env=self.env, capture_output=True, text=True).stdout.strip()
