@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     ours, peer = our_series(args.ours), peer_series(args.peer)
-    end = min(max(s.max() for s, _, _ in ours.values()), max(s.max() for s, _, _ in peer.values()))
+    end = min(steps.max() for steps, _, _ in (*ours.values(), *peer.values()))  # every seed of both got this far
     checkpoints = np.arange(0, end + EVERY / 2, EVERY)
     tables = {"ours (dmac-lightning QMIX)": (ours, at_checkpoints(ours, checkpoints)),
               "JaxMARL QMIX": (peer, at_checkpoints(peer, checkpoints))}
