@@ -205,7 +205,8 @@ def test_every_epoch_is_checkpointed_by_env_steps_even_before_the_first_update(t
     directory = tmp_path / "lightning_logs" / "stochastic_game" / "ComaDmac" / "version_0" / "checkpoints"
     saved = torch.load(directory / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 0 and saved["EpisodeDataModule"]["env_steps"] == 400
-    assert sorted(os.listdir(directory)) == ["epoch=1-env_steps=400.ckpt", "last.ckpt"]
+    # beside them the best evaluated policy (evaluations at 0 and 400 env steps)
+    assert sorted(os.listdir(directory)) == ["best.ckpt", "epoch=1-env_steps=400.ckpt", "last.ckpt"]
 
 
 def test_the_progress_bar_counts_env_steps_against_the_budget(tmp_path):
