@@ -112,13 +112,24 @@ def main(argv: list[str] | None = None) -> None:
         + "; ".join(f"{name} " + ", ".join(f"{v:.2f}" for v in values) for name, values in final.items())
         + f". Ours minus JaxMARL's: {difference:+.2f} [{difference - half:+.2f}, {difference + half:+.2f}] (Welch, p {p:.2g}).",
         "",
-        "| implementation | env steps reached (mean over seeds) | env steps/s per seed | wall clock per seed |",
-        "|---|---|---|---|",
+        "| implementation | env steps reached (mean over seeds) | seeds per process (one core each) | wall clock per process | env steps/s per seed | env steps/s per core |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, (series, _) in tables.items():
+    for (name, (series, _)), per_process in zip(tables.items(), (1, len(peer))):  # ours one seed at a time; JaxMARL vmaps its seeds
         reached, rate = speed(series)
         wall = np.mean([w[-1] for _, _, w in series.values()])
-        lines.append(f"| {name} | {reached:,.0f} | {rate:.0f} | {wall / 60:.0f} min |")
+        lines.append(f"| {name} | {reached:,.0f} | {per_process} | {wall / 60:.0f} min | {rate:.0f} | {rate * per_process:.0f} |")
+    compact = [c for c in range(len(checkpoints)) if checkpoints[c] % 100_000 == 0]
+    lines += [
+        "",
+        "Every 100k env steps, mean ± 95% CI over seeds:",
+        "",
+        "| implementation | " + " | ".join(f"{int(checkpoints[c] / 1000)}k" for c in compact) + " |",
+        "|---|" + "---|" * len(compact),
+    ]
+    for name, (_, table) in tables.items():
+        mean, half = mean_ci(table)
+        lines.append(f"| {name} | " + " | ".join(f"{mean[c]:.2f} ± {half[c]:.2f}" for c in compact) + " |")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"pairing_{args.pairing}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
