@@ -54,13 +54,17 @@ def wall_clock(directory: str, steps: np.ndarray) -> np.ndarray:
 
     events = EventAccumulator(directory, size_guidance={"scalars": 0})
     events.Reload()
-    timeline = sorted((e.step, e.wall_time) for e in events.Scalars("train/episode_return"))
-    elapsed, total, last = [], 0.0, None
-    for step, time in timeline:
-        if last is not None and time - last[1] < 600:  # a gap of over 10 min is a pause between segments
-            total += time - last[1]
+    # Chronological, not by step: a resumed segment repeats the steps its predecessor logged after its
+    # last checkpoint; the repeated work counts as time, and the later segment's steps replace the earlier's.
+    timeline = sorted((e.wall_time, e.step) for e in events.Scalars("train/episode_return"))
+    elapsed, total, last_time = [], 0.0, None
+    for time, step in timeline:
+        if last_time is not None and time - last_time < 600:  # a gap of over 10 min is a pause between segments
+            total += time - last_time
+        while elapsed and elapsed[-1][0] >= step:
+            elapsed.pop()
         elapsed.append((step, total))
-        last = (step, time)
+        last_time = time
     at = np.array([s for s, _ in elapsed]), np.array([t for _, t in elapsed])
     return np.interp(steps, *at)
 
