@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(args.names) == 2:
         baseline, variant = (np.array(list(finals[name].values())) for name in args.names)
         if len(baseline) >= 2 and len(variant) >= 2:
-            difference, half, p = welch(variant, baseline)
+            difference, half, p = welch(baseline, variant)  # variant minus baseline
             print(f"{args.names[1]} minus {args.names[0]}, final, seeds at the full budget ({len(variant)} and {len(baseline)}): "
                   f"{difference:+.3f} [{difference - half:+.3f}, {difference + half:+.3f}], Welch p {p:.2g}")
         else:
