@@ -160,6 +160,23 @@ def test_plots_and_table_from_synthetic_logs(tmp_path):
     assert "| 1 | 3 | 0.910 ± 0.025 | 0.250 ± 0.000 |" in table
 
 
+def test_the_final_window_is_a_setting_and_checked(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    for seed in range(2):
+        write_run(runs, "coma", seed, 0.5, 0.3)
+        write_run(runs, "coma_dmac", seed, 0.8, 0.6)
+    # 0.6 of 10k env steps: the evaluations at 5000 and 10000. coma_dmac there: 0.45 and 0.80 (+ 0.01 * seed),
+    # so 0.625 and 0.635 a seed, 0.630 over both; coma: 0.30 and 0.50, so 0.400 and 0.410, 0.405
+    plots.main(["--runs", str(runs), "--out", str(out), "--final-fraction", "0.6"])
+    table = (out / "summary.md").read_text()
+    assert "last 60% of a run's env steps" in table
+    assert "| coma_dmac | 2 | 0.630 ± " in table and "| coma | 2 | 0.405 ± " in table
+    assert "| COMA | +0.225 [" in table
+    for bad in ("0", "1.5", "-0.1"):
+        with pytest.raises(SystemExit):
+            plots.main(["--runs", str(runs), "--out", str(out), "--final-fraction", bad])
+
+
 def test_mean_ci_uses_student_t():
     mean, half = plots.mean_ci(np.array([1.0, 2.0, 3.0]))
     assert mean == pytest.approx(2.0) and half == pytest.approx(4.303 * 1.0 / np.sqrt(3), rel=1e-4)

@@ -1,14 +1,14 @@
 """Figures and tables from a sweep's TensorBoard logs: the paper's Fig. 1, Fig. 2/6 and a summary.
 
     python -m dmac_lightning.experiments.plots --runs runs/fig1 --out docs/results \\
-        [--omega-runs runs/omega] [--metric eval/return_ratio]
+        [--omega-runs runs/omega] [--metric eval/return_ratio] [--final-fraction 0.1]
 
 Reads ``<runs>/<run>/seed_<s>/events.*`` (the sweep runner's layout). Writes
 
 * ``learning_curves.png``: per family (COMA, MAAC, QMIX, DOP, FOP), baseline vs +DMAC, mean and
   95% confidence interval over seeds of ``--metric`` against env steps (Fig. 1);
 * ``cover_rate.png``: the same for ``train/cover_rate`` (Fig. 5);
-* ``summary.md``: final metric (mean ± 95% Student-t CI over seeds, and the interquartile mean with
+* ``summary.md``: final metric (a run's mean over its last ``--final-fraction`` of env steps; mean ± 95% Student-t CI over seeds, and the interquartile mean with
   a bootstrap CI), final and mean-over-training cover rate per run, and for each family whether
   +DMAC beat its baseline (difference of means with its 95% CI and Welch's test);
 * ``marl_eval.json``: the evaluations in marl-eval's raw-data layout;
@@ -177,8 +177,9 @@ def plot_families(groups: dict[str, RunGroup], tag: str, path: str, ylabel: str)
     return families
 
 
-def summary_table(groups: dict[str, RunGroup], tag: str) -> str:
-    """Markdown: final metric and cover rate per run label, then +DMAC vs baseline per family."""
+def summary_table(groups: dict[str, RunGroup], tag: str, final_fraction: float = 0.1) -> str:
+    """Markdown: final metric and cover rate per run label, then +DMAC vs baseline per family. A run's
+    final value is its mean over the last ``final_fraction`` of its env steps."""
     lines = [
         f"| run | seeds | final {tag} | IQM final {tag} [95% bootstrap CI] | final train/cover_rate | mean train/cover_rate over training |",
         "|---|---|---|---|---|---|",
@@ -186,7 +187,11 @@ def summary_table(groups: dict[str, RunGroup], tag: str) -> str:
     for label in sorted(groups):
         group = groups[label]
         cells = []
-        for values in (group.finals(tag), group.finals("train/cover_rate"), group.averages("train/cover_rate")):
+        for values in (
+            group.finals(tag, final_fraction),
+            group.finals("train/cover_rate", final_fraction),
+            group.averages("train/cover_rate"),
+        ):
             if len(values) >= 2:
                 mean, ci = mean_ci(values)
                 cells.append(f"{float(mean):.3f} ± {float(ci):.3f}")
@@ -194,7 +199,7 @@ def summary_table(groups: dict[str, RunGroup], tag: str) -> str:
                 cells.append(f"{float(values[0]):.3f} (one seed: no interval)")
             else:
                 cells.append("n/a")
-        finals = group.finals(tag)
+        finals = group.finals(tag, final_fraction)
         if len(finals) >= 2:
             low, high = iqm_bootstrap_ci(finals)
             cells.insert(1, f"{iqm(finals):.3f} [{low:.3f}, {high:.3f}]")
@@ -204,13 +209,13 @@ def summary_table(groups: dict[str, RunGroup], tag: str) -> str:
     lines.insert(
         0,
         "Each cell: mean ± half-width of the 95% confidence interval over seeds (Student t), and the interquartile "
-        "mean with a 95% percentile-bootstrap interval. Final: the mean over the last 10% of a run's env steps.\n",
+        f"mean with a 95% percentile-bootstrap interval. Final: the mean over the last {final_fraction * 100:g}% of a run's env steps.\n",
     )
     lines += ["", f"| family | +DMAC minus baseline, final {tag} (95% CI, Welch) | Welch p | verdict |", "|---|---|---|---|"]
     for family in FAMILIES:
         if family not in groups or f"{family}_dmac" not in groups:
             continue
-        base, dmac = groups[family].finals(tag), groups[f"{family}_dmac"].finals(tag)
+        base, dmac = groups[family].finals(tag, final_fraction), groups[f"{family}_dmac"].finals(tag, final_fraction)
         if len(base) < 2 or len(dmac) < 2:
             lines.append(f"| {family.upper()} | {float(dmac.mean() - base.mean()):+.3f} (fewer than 2 seeds a side: no test) | n/a | n/a |")
             continue
@@ -260,11 +265,11 @@ def omega_points(groups: dict[str, RunGroup]) -> list[tuple[float, RunGroup]]:
     )
 
 
-def omega_table(groups: dict[str, RunGroup], tag: str) -> str:
+def omega_table(groups: dict[str, RunGroup], tag: str, final_fraction: float = 0.1) -> str:
     """Markdown: final ``tag`` and mean cover rate per omega (the numbers behind Fig. 2's scatter)."""
     lines = ["", f"| omega | seeds | final {tag} | mean train/cover_rate over training |", "|---|---|---|---|"]
     for omega, group in omega_points(groups):
-        metric, cover = mean_ci(group.finals(tag)), mean_ci(group.averages("train/cover_rate"))
+        metric, cover = mean_ci(group.finals(tag, final_fraction)), mean_ci(group.averages("train/cover_rate"))
         lines.append(
             f"| {omega:g} | {len(group.seeds)} | {float(metric[0]):.3f} ± {float(metric[1]):.3f} | "
             f"{float(cover[0]):.3f} ± {float(cover[1]):.3f} |"
@@ -272,19 +277,21 @@ def omega_table(groups: dict[str, RunGroup], tag: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_omega_sweep(groups: dict[str, RunGroup], tag: str, path: str, baseline: RunGroup | None = None) -> list[str]:
+def plot_omega_sweep(
+    groups: dict[str, RunGroup], tag: str, path: str, baseline: RunGroup | None = None, final_fraction: float = 0.1
+) -> list[str]:
     """Final ``tag`` against the cover rate (mean over training: the final one saturates on small
     games), one point with 95% CIs per omega (Fig. 2)."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(5, 4))
     drawn = []
     for omega, group in omega_points(groups):
-        cover, metric = mean_ci(group.averages("train/cover_rate")), mean_ci(group.finals(tag))
+        cover, metric = mean_ci(group.averages("train/cover_rate")), mean_ci(group.finals(tag, final_fraction))
         axis.errorbar(cover[0], metric[0], xerr=cover[1], yerr=metric[1], fmt="o", capsize=3)
         axis.annotate(f"omega={omega:g}", (cover[0], metric[0]), fontsize=7, xytext=(4, 4), textcoords="offset points")
         drawn.append(group.label)
     if baseline is not None:
-        cover, metric = mean_ci(baseline.averages("train/cover_rate")), mean_ci(baseline.finals(tag))
+        cover, metric = mean_ci(baseline.averages("train/cover_rate")), mean_ci(baseline.finals(tag, final_fraction))
         axis.errorbar(cover[0], metric[0], xerr=cover[1], yerr=metric[1], fmt="s", color="black", capsize=3, label=baseline.label)
         axis.legend(fontsize=7)
     axis.set_xlabel("cover rate (mean over training)")
@@ -304,7 +311,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--omega-runs", default=None, help="a sweep directory of <config>-omega<value> runs")
     parser.add_argument("--env-name", default="stochastic_game", help="the env's name in marl_eval.json")
     parser.add_argument("--task-name", default="default", help="the task's (map's) name in marl_eval.json")
+    parser.add_argument(
+        "--final-fraction",
+        type=float,
+        default=0.1,
+        help="a run's final value is its mean over this last fraction of its env steps, in (0, 1] "
+        "(default 0.1; with evaluations every 25k, 0.34 of a 300k run holds its last 5 evaluations)",
+    )
     args = parser.parse_args(argv)
+    if not 0 < args.final_fraction <= 1:
+        parser.error(f"--final-fraction must be in (0, 1], got {args.final_fraction}")
     os.makedirs(args.out, exist_ok=True)
     groups = load(args.runs)
     if not groups:
@@ -315,11 +331,16 @@ def main(argv: list[str] | None = None) -> None:
         plot_families(groups, "train/cover_rate", os.path.join(args.out, "cover_rate.png"), "train/cover_rate")
     omega_groups = load(args.omega_runs) if args.omega_runs else {}
     with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write(summary_table(groups, args.metric) + (omega_table(omega_groups, args.metric) if omega_groups else ""))
+        f.write(
+            summary_table(groups, args.metric, args.final_fraction)
+            + (omega_table(omega_groups, args.metric, args.final_fraction) if omega_groups else "")
+        )
     with open(os.path.join(args.out, "marl_eval.json"), "w") as f:
         json.dump(marl_eval_json(groups, args.env_name, args.task_name), f, indent=1)
     if omega_groups:
-        plot_omega_sweep(omega_groups, args.metric, os.path.join(args.out, "omega_sweep.png"), groups.get("coma"))
+        plot_omega_sweep(
+            omega_groups, args.metric, os.path.join(args.out, "omega_sweep.png"), groups.get("coma"), args.final_fraction
+        )
     print(
         f"wrote {args.out}/learning_curves.png, " + ("cover_rate.png, " if has_cover else "") + "summary.md, marl_eval.json"
         + (", omega_sweep.png" if args.omega_runs else "")
