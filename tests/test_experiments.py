@@ -177,6 +177,18 @@ def test_the_final_window_is_a_setting_and_checked(tmp_path):
             plots.main(["--runs", str(runs), "--out", str(out), "--final-fraction", bad])
 
 
+def test_a_fractions_band_is_cut_to_its_range_and_others_are_not():
+    mean, ci = np.array([0.1, 0.5, 0.95]), np.array([0.3, 0.2, 0.1])
+    low, high = plots.confidence_band("eval/win_rate", mean, ci)
+    assert low.tolist() == pytest.approx([0.0, 0.3, 0.85]) and high.tolist() == pytest.approx([0.4, 0.7, 1.0])
+    low, high = plots.confidence_band("eval/return", mean, ci)
+    assert low.tolist() == pytest.approx([-0.2, 0.3, 0.85]) and high.tolist() == pytest.approx([0.4, 0.7, 1.05])
+
+
+def test_env_step_ticks_read_as_thousands_and_millions():
+    assert [plots.env_steps_label(v) for v in (0, 500, 25_000, 250_000, 1_000_000, 1_500_000)] == ["0", "500", "25k", "250k", "1M", "1.5M"]
+
+
 def test_mean_ci_uses_student_t():
     mean, half = plots.mean_ci(np.array([1.0, 2.0, 3.0]))
     assert mean == pytest.approx(2.0) and half == pytest.approx(4.303 * 1.0 / np.sqrt(3), rel=1e-4)

@@ -31,6 +31,10 @@ from scipy import stats
 
 from dmac_lightning.algorithms.registry import FAMILIES, algorithm
 
+# Metrics that are fractions: their mean cannot leave [0, 1], so neither does its drawn interval
+# (with 2 seeds the t quantile is 12.7 and the raw band spans several times the metric's range).
+FRACTION_TAGS = ("eval/win_rate", "train/cover_rate")
+
 def t95(dof: float) -> float:
     """The two-sided 95% Student-t quantile."""
     return float(stats.t.ppf(0.975, dof))
@@ -154,6 +158,23 @@ def _pyplot():
     return plt
 
 
+def confidence_band(tag: str, mean: np.ndarray, ci: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 95% interval to draw around ``mean``: cut to [0, 1] for a fraction, as it is."""
+    low, high = mean - ci, mean + ci
+    if tag in FRACTION_TAGS:
+        low, high = np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)
+    return low, high
+
+
+def env_steps_label(steps: float, _position: object = None) -> str:
+    """An env-step tick as a researcher writes it: 0, 250k, 1M, 1.5M (full numbers run together)."""
+    if abs(steps) >= 1_000_000:
+        return f"{steps / 1_000_000:g}M"
+    if abs(steps) >= 1_000:
+        return f"{steps / 1_000:g}k"
+    return f"{steps:g}"
+
+
 def plot_families(groups: dict[str, RunGroup], tag: str, path: str, ylabel: str) -> list[str]:
     """One panel per family present, baseline and +DMAC. Returns the families drawn."""
     plt = _pyplot()
@@ -166,8 +187,9 @@ def plot_families(groups: dict[str, RunGroup], tag: str, path: str, ylabel: str)
                 continue
             steps, mean, ci = curve
             axis.plot(steps, mean, color=color, label=f"{algorithm(label).title} ({len(groups[label].seeds)} seeds)")
-            axis.fill_between(steps, mean - ci, mean + ci, color=color, alpha=0.2)
+            axis.fill_between(steps, *confidence_band(tag, mean, ci), color=color, alpha=0.2)
         axis.set_title(family.upper())
+        axis.xaxis.set_major_formatter(env_steps_label)
         axis.set_xlabel("env steps")
         axis.set_ylabel(ylabel)
         axis.legend(fontsize=7)
