@@ -8,9 +8,10 @@ Reads ``<runs>/<run>/seed_<s>/events.*`` (the sweep runner's layout). Writes
 * ``learning_curves.png``: per family (COMA, MAAC, QMIX, DOP, FOP), baseline vs +DMAC, mean and
   95% confidence interval over seeds of ``--metric`` against env steps (Fig. 1);
 * ``cover_rate.png``: the same for ``train/cover_rate`` (Fig. 5);
-* ``summary.md``: final metric (a run's mean over its last ``--final-fraction`` of env steps; mean ± 95% Student-t CI over seeds, and the interquartile mean with
-  a bootstrap CI), final and mean-over-training cover rate per run, and for each family whether
-  +DMAC beat its baseline (difference of means with its 95% CI and Welch's test);
+* ``summary.md``: final metric (a run's mean over the last ``--final-fraction`` of its env steps;
+  mean ± 95% Student-t CI over seeds, and the interquartile mean with a bootstrap CI), final and
+  mean-over-training cover rate per run, and for each family whether +DMAC beat its baseline
+  (difference of means with its 95% CI and Welch's test);
 * ``marl_eval.json``: the evaluations in marl-eval's raw-data layout;
 * with ``--omega-runs``: ``omega_sweep.png``, final return vs cover rate per omega (Fig. 2/6).
 """
@@ -34,6 +35,7 @@ from dmac_lightning.algorithms.registry import FAMILIES, algorithm
 # Metrics that are fractions: their mean cannot leave [0, 1], so neither does its drawn interval
 # (with 2 seeds the t quantile is 12.7 and the raw band spans several times the metric's range).
 FRACTION_TAGS = ("eval/win_rate", "train/cover_rate")
+
 
 def t95(dof: float) -> float:
     """The two-sided 95% Student-t quantile."""
@@ -159,7 +161,7 @@ def _pyplot():
 
 
 def confidence_band(tag: str, mean: np.ndarray, ci: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The 95% interval to draw around ``mean``: cut to [0, 1] for a fraction, as it is."""
+    """The 95% interval to draw around ``mean``: cut to [0, 1] for a fraction, otherwise as computed."""
     low, high = mean - ci, mean + ci
     if tag in FRACTION_TAGS:
         low, high = np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)
