@@ -44,15 +44,37 @@ class Algorithm:
         """``COMA+DMAC``."""
         return self.family.upper() + ("+DMAC" if self.regularized else "")
 
-    def configs(self, env: str = STOCHASTIC_GAME, map_name: str | None = None, root: str = "configs") -> list[str]:
-        """The ``--config`` files of a run of this algorithm on ``env`` (and ``map_name`` for SMAC/SMAX)."""
+    def configs(
+        self, env: str = STOCHASTIC_GAME, map_name: str | None = None, root: str = "configs", preset: str | None = None
+    ) -> list[str]:
+        """The ``--config`` files of a run of this algorithm on ``env`` (and ``map_name`` for SMAC/SMAX);
+        with ``preset``, its algorithm file is ``configs/algorithms/<preset>/<name>.yaml`` (e.g. the DMAC
+        authors' settings, ``authors``) in place of the shipped one."""
         algorithm = os.path.join(root, "algorithms", f"{self.name}.yaml")
+        if preset is not None:
+            offered = presets(root).get(preset)
+            if offered is None:
+                raise ValueError(f"preset {preset!r}: no such folder configs/algorithms/{preset}; allowed values: {', '.join(sorted(presets(root))) or 'none'}")
+            if self.name not in offered:
+                raise ValueError(f"preset {preset!r} has no config for {self.name!r}; it has: {', '.join(offered)}")
+            algorithm = os.path.join(root, "algorithms", preset, f"{self.name}.yaml")
         if env == STOCHASTIC_GAME:
             game = [os.path.join(root, STOCHASTIC_GAME, "game.yaml")]
             return [algorithm, *game, *([os.path.join(root, STOCHASTIC_GAME, "dmac.yaml")] if self.regularized else [])]
         if map_name is None:
             raise ValueError(f"{env}: name a map (configs/{env}/<map>.yaml)")
         return [os.path.join(root, env, f"{map_name}.yaml"), algorithm]
+
+
+def presets(root: str = "configs") -> dict[str, list[str]]:
+    """Preset folders under ``configs/algorithms`` (``authors``) -> the algorithms each has a file for."""
+    folder = os.path.join(root, "algorithms")
+    found = {}
+    for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, entry)
+        if os.path.isdir(path):
+            found[entry] = sorted(name.removesuffix(".yaml") for name in os.listdir(path) if name.endswith(".yaml"))
+    return found
 
 
 REGISTRY: list[Algorithm] = []

@@ -60,10 +60,14 @@ class Run:
         return os.path.join(root, name, self.label, f"seed_{self.seed}")
 
 
-def algorithm_configs(names: list[str], env: str = "stochastic_game", map_name: str | None = None) -> dict[str, tuple[str, ...]]:
-    """Label -> config files of each algorithm (``all``: the ten) on ``env``."""
+def algorithm_configs(
+    names: list[str], env: str = "stochastic_game", map_name: str | None = None, preset: str | None = None
+) -> dict[str, tuple[str, ...]]:
+    """Label -> config files of each algorithm (``all``: the ten) on ``env``; with ``preset`` (``authors``)
+    each algorithm's preset file, labelled ``<name>-<preset>``."""
     names = list(NAMES) if names == ["all"] else names
-    return {name: tuple(algorithm(name).configs(env, map_name)) for name in names}
+    suffix = f"-{preset}" if preset else ""
+    return {name + suffix: tuple(algorithm(name).configs(env, map_name, preset=preset)) for name in names}
 
 
 def plan(configs: list[str] | dict[str, tuple[str, ...]], seeds: list[int], vary: str | None = None) -> list[Run]:
@@ -216,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--configs", nargs="+", help="config files, each a run of its own")
     parser.add_argument("--env", default="stochastic_game", help="with --algorithms: stochastic_game, smax, smac or smacv2")
     parser.add_argument("--map", default=None, help="with --algorithms on smax/smac: the map (configs/<env>/<map>.yaml)")
+    parser.add_argument("--preset", default=None,
+                        help="with --algorithms: each algorithm's file from configs/algorithms/<PRESET>/ (e.g. authors: the DMAC authors' code's settings); runs are labelled <algorithm>-<PRESET>")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--vary", default=None, help="one setting over values, e.g. model.init_args.omega=0.1,1")
     parser.add_argument("--root", default="runs")
@@ -257,7 +263,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.max_requeues < 0:
         parser.error(f"--max-requeues must be at least 0; got {args.max_requeues}")
-    configs = algorithm_configs(args.algorithms, args.env, args.map) if args.algorithms else args.configs
+    if args.preset and not args.algorithms:
+        parser.error("--preset goes with --algorithms (it picks each algorithm's preset file)")
+    try:
+        configs = algorithm_configs(args.algorithms, args.env, args.map, args.preset) if args.algorithms else args.configs
+    except ValueError as error:
+        parser.error(str(error))
     runs = plan(configs, args.seeds, args.vary)
     if args.launcher == "slurm":
         from dmac_lightning.experiments import slurm
