@@ -98,3 +98,21 @@ def test_adapter_rejects_unavailable_actions_and_steps_before_reset():
     with pytest.raises(RuntimeError, match="reset"):
         adapter.step([0, 0])
     assert adapter.optimal_return > 0
+
+
+@pytest.mark.parametrize("map_name, n_allies, n_enemies, width", [("3m", 3, 3, 4), ("2s3z", 5, 5, 6)])
+def test_agent_features_name_the_ally_blocks_at_the_front_of_the_smax_state(map_name, n_allies, n_enemies, width):
+    """What PyMARL-based FOP reads as ``unit_dim``: each ally's block (health, cooldown, x, y, type bits),
+    then each enemy's (the same without the cooldown), as ``smac_state`` lays them out."""
+    pytest.importorskip("jaxmarl", reason="SMAX needs the [smax] extra (make test installs it)")
+    adapter = PymarlEnv(env="smax", env_kwargs={"map_name": map_name}, seed=0)
+    info = adapter.get_env_info()
+    assert len(info["agent_features"]) == width
+    assert info["state_shape"] == n_allies * width + n_enemies * (width - 1)
+    adapter.reset()
+    allies = adapter.get_state()[: n_allies * width].reshape(n_allies, width)
+    np.testing.assert_array_equal(allies[:, 0], 1.0)  # every ally starts at full health
+    assert np.all(np.abs(allies[:, 2:4]) <= 0.5)  # positions relative to the map centre over its size
+    if width > 4:
+        np.testing.assert_array_equal(allies[:, 4:].sum(1), 1.0)  # one unit type each
+    assert "agent_features" not in PymarlEnv(env="stochastic_game").get_env_info()

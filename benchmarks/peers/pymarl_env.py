@@ -109,13 +109,28 @@ class PymarlEnv:
         return self.n_actions
 
     def get_env_info(self) -> dict[str, Any]:
-        return {
+        info = {
             "state_shape": self.info.state_dim,
             "obs_shape": self.info.obs_dim,
             "n_actions": self.n_actions,
             "n_agents": self.n_agents,
             "episode_limit": self.episode_limit,
         }
+        features = self.agent_features()
+        if features is not None:
+            info["agent_features"] = features
+        return info
+
+    def agent_features(self) -> list[str] | None:
+        """Names of the features of each ally's block at the front of the state, where the state has such
+        blocks (SMAX: ``smac_state``'s layout, SMAC's); ``None`` elsewhere (the stochastic game). PyMARL-based
+        code reads their number as ``unit_dim`` (the FOP attention mixer's keys), as from SMAC's env info."""
+        if self.env_name != "smax":
+            return None
+        from dmac_lightning.envs.smax import _unit_kinds
+
+        kinds = _unit_kinds(self._env._game)
+        return ["health", "cooldown", "rel_x", "rel_y"] + ([f"type_{kind}" for kind in kinds] if len(kinds) > 1 else [])
 
     @property
     def optimal_return(self) -> float | None:
