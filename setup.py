@@ -15,6 +15,10 @@ setup(
         "jsonargparse[signatures]>=4.39,<5",
         "numpy",
         "scipy",
+        # dmac-plots' statistics (IQM, stratified bootstrap CIs, probability of improvement, performance profiles)
+        "rliable>=1.2",
+        # rliable's bootstrap is arch's, and arch 7 fails against pandas 3 (pandas.util deprecate_kwarg changed)
+        "pandas<3",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout", "hypothesis", "matplotlib", "wandb>=0.19"],

@@ -141,7 +141,7 @@ def test_plots_and_table_from_synthetic_logs(tmp_path):
         for omega, end in (("0.01", 0.6), ("1", 0.9)):
             write_run(omega_runs, f"coma_dmac-omega{omega}", seed, end, float(omega) / 2)
     plots.main(["--runs", str(runs), "--out", str(out), "--omega-runs", str(omega_runs)])
-    for name in ("learning_curves.png", "cover_rate.png", "omega_sweep.png"):
+    for name in ("learning_curves.png", "cover_rate.png", "omega_sweep.png", "performance_profile.png"):
         with open(out / name, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     table = (out / "summary.md").read_text()
@@ -152,6 +152,8 @@ def test_plots_and_table_from_synthetic_logs(tmp_path):
     # (IQM of 0.80, 0.81, 0.82: trim_mean cuts int(0.25 * 3) = 0 runs per end, so the mean)
     assert "| coma_dmac | 3 | 0.810 ± 0.025 | 0.810 [0.80" in table and "| 0.600 ± 0.000 | 0.300 ± 0.000 |" in table
     assert "| COMA | +0.300 [" in table and "+DMAC better" in table
+    # every COMA+DMAC seed (0.80-0.82) above every COMA seed (0.50-0.52): probability of improvement 1
+    assert "| 1.00 [1.00, 1.00] | +DMAC better |" in table
     exported = json.loads((out / "marl_eval.json").read_text())
     run = exported["stochastic_game"]["default"]["coma_dmac"]["run_2"]
     assert [run[f"step_{i}"]["step_count"] for i in range(3)] == [0, 5000, 10000]
@@ -194,12 +196,41 @@ def test_mean_ci_uses_student_t():
     assert mean == pytest.approx(2.0) and half == pytest.approx(4.303 * 1.0 / np.sqrt(3), rel=1e-4)
 
 
-def test_interquartile_mean_and_its_bootstrap_interval_by_hand():
+def test_interquartile_mean_and_its_interval_come_from_rliable():
     # 5 runs: a quarter cut at each end is int(1.25) = 1 run: the mean of 2, 3, 4
-    assert plots.iqm(np.array([100.0, 1.0, 3.0, 2.0, 4.0])) == pytest.approx(3.0)
-    low, high = plots.iqm_bootstrap_ci(np.array([1.0, 2.0, 3.0, 4.0, 100.0]))
+    point, low, high = plots.iqm_interval(np.array([100.0, 1.0, 3.0, 2.0, 4.0]))
+    assert point == pytest.approx(3.0)
     assert 1.0 <= low <= 3.0 <= high <= 100.0
-    assert plots.iqm_bootstrap_ci(np.array([2.0, 2.0, 2.0])) == (2.0, 2.0)
+    assert plots.iqm_interval(np.array([2.0, 2.0, 2.0])) == (2.0, 2.0, 2.0)
+    assert plots.iqm_interval(np.array([0.7])) == (0.7, 0.7, 0.7)  # one run: no interval
+    # 8 runs: 2 cut at each end, the mean of the middle four 3, 4, 5, 6
+    assert plots.iqm_interval(np.arange(1.0, 9.0))[0] == pytest.approx(4.5)
+    # the interval is a seeded bootstrap's: the same seed repeats it, whatever NumPy's global stream held
+    runs = np.array([0.1, 0.5, 0.2, 0.9, 0.4, 0.6])
+    first = plots.iqm_interval(runs, reps=500, seed=1)
+    np.random.seed(123)
+    assert plots.iqm_interval(runs, reps=500, seed=1) == first
+    assert np.random.get_state()[1][0] == np.random.RandomState(123).get_state()[1][0]  # and leaves that stream alone
+
+
+def test_probability_of_improvement_by_hand_with_ties_counting_half():
+    # variant 3, 4, 5 against baseline 1, 2, 3.5: 8 of the 9 pairs favour the variant
+    point, low, high = plots.improvement_probability(np.array([3.0, 4.0, 5.0]), np.array([1.0, 2.0, 3.5]), reps=300)
+    assert point == pytest.approx(8 / 9)
+    assert 0.0 <= low <= point <= high <= 1.0
+    # 2, 3 against 2, 1: the tie 2 = 2 counts half, the other three pairs are wins: 3.5 / 4
+    assert plots.improvement_probability(np.array([2.0, 3.0]), np.array([2.0, 1.0]), reps=300)[0] == pytest.approx(0.875)
+    assert plots.improvement_probability(np.array([1.0, 1.0]), np.array([1.0, 1.0]), reps=300)[0] == 0.5
+    # swapping the sides gives the complement
+    swapped = plots.improvement_probability(np.array([1.0, 2.0, 3.5]), np.array([3.0, 4.0, 5.0]), reps=300)[0]
+    assert swapped == pytest.approx(1 / 9)
+
+
+def test_performance_profiles_are_the_fractions_of_runs_above_each_threshold():
+    profiles, bands = plots.performance_profiles({"a": np.array([0.1, 0.5, 0.9, 0.3])}, np.array([0.0, 0.2, 0.5, 0.95]))
+    # above 0: all 4; above 0.2: 0.5, 0.9, 0.3; above 0.5: 0.9 (strictly); above 0.95: none
+    np.testing.assert_allclose(profiles["a"], [1.0, 0.75, 0.25, 0.0])
+    assert bands["a"].shape == (2, 4) and np.all(bands["a"][0] <= profiles["a"] + 1e-12) and np.all(profiles["a"] <= bands["a"][1] + 1e-12)
 
 
 def test_welch_difference_interval_and_p_value_by_hand():

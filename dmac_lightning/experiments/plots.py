@@ -9,9 +9,13 @@ Reads ``<runs>/<run>/seed_<s>/events.*`` (the sweep runner's layout). Writes
   95% confidence interval over seeds of ``--metric`` against env steps (Fig. 1);
 * ``cover_rate.png``: the same for ``train/cover_rate`` (Fig. 5);
 * ``summary.md``: final metric (a run's mean over the last ``--final-fraction`` of its env steps;
-  mean ± 95% Student-t CI over seeds, and the interquartile mean with a bootstrap CI), final and
-  mean-over-training cover rate per run, and for each family whether +DMAC beat its baseline
-  (difference of means with its 95% CI and Welch's test);
+  mean ± 95% Student-t CI over seeds, and the interquartile mean with a stratified-bootstrap CI), final
+  and mean-over-training cover rate per run, and for each family whether +DMAC beat its baseline
+  (difference of means with its 95% CI and Welch's test, and the probability of improvement with its CI);
+* ``performance_profile.png``: each run's score distribution over its seeds' final metric, with bands;
+
+The IQM, its interval, the probability of improvement and the performance profiles are rliable's
+(Agarwal et al., 2021); Welch's test is kept beside them (the results' tables cite it).
 * ``marl_eval.json``: the evaluations in marl-eval's raw-data layout;
 * with ``--omega-runs``: ``omega_sweep.png``, final return vs cover rate per omega (Fig. 2/6).
 """
@@ -19,6 +23,7 @@ Reads ``<runs>/<run>/seed_<s>/events.*`` (the sweep runner's layout). Writes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import glob
 import json
@@ -52,21 +57,64 @@ def mean_ci(samples: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]
     return mean, t95(n - 1) * samples.std(axis, ddof=1) / math.sqrt(n)
 
 
-def iqm(samples: np.ndarray) -> float:
-    """The interquartile mean: the mean of the middle half (a quarter of the runs cut at each end,
-    Agarwal et al., 2021), robust to an outlying seed."""
-    return float(stats.trim_mean(np.asarray(samples, dtype=float), 0.25))
+def _rliable():
+    """rliable (Agarwal et al., 2021), the field's library for IQM, stratified bootstrap CIs, probability
+    of improvement and performance profiles; a dependency of the package."""
+    try:
+        from rliable import library, metrics
+    except ImportError as error:  # pragma: no cover - installed with the package
+        raise ImportError("dmac-plots' statistics need rliable: pip install 'rliable>=1.2'  (or: pip install -e .)") from error
+    return library, metrics
 
 
-def iqm_bootstrap_ci(samples: np.ndarray, resamples: int = 5000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the IQM over runs (resampling runs with replacement)."""
-    samples = np.asarray(samples, dtype=float)
-    if len(samples) < 2:
-        return iqm(samples), iqm(samples)
-    draws = np.random.default_rng(seed).choice(samples, size=(resamples, len(samples)), replace=True)
-    values = stats.trim_mean(draws, 0.25, axis=1)
-    low, high = np.percentile(values, [2.5, 97.5])
-    return float(low), float(high)
+@contextlib.contextmanager
+def _numpy_seeded(seed: int):
+    """NumPy's global stream seeded for the block, then put back: rliable's stratified bootstrap draws its
+    resamples from ``np.random`` whatever ``random_state`` it is given, so this makes an interval repeat."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield np.random.RandomState(seed)
+    finally:
+        np.random.set_state(state)
+
+
+def iqm_interval(samples: np.ndarray, reps: int = 5000, seed: int = 0) -> tuple[float, float, float]:
+    """The interquartile mean over runs (a quarter cut at each end; robust to an outlying seed) and its
+    95% stratified-bootstrap interval, both by rliable: ``(iqm, low, high)``. One run: no interval."""
+    library, metrics = _rliable()
+    scores = np.asarray(samples, dtype=float).reshape(-1, 1)  # runs x tasks (one task)
+    point = float(metrics.aggregate_iqm(scores))
+    if len(scores) < 2:
+        return point, point, point
+    with _numpy_seeded(seed) as generator:
+        points, intervals = library.get_interval_estimates(
+            {"runs": scores}, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps, random_state=generator
+        )
+    return float(points["runs"][0]), float(intervals["runs"][0, 0]), float(intervals["runs"][1, 0])
+
+
+def improvement_probability(variant: np.ndarray, baseline: np.ndarray, reps: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """P(a run of ``variant`` scores above a run of ``baseline``), ties counting half (the Mann-Whitney
+    statistic over all pairs), with its 95% stratified-bootstrap interval, by rliable: ``(p, low, high)``."""
+    library, metrics = _rliable()
+    x, y = (np.asarray(v, dtype=float).reshape(-1, 1) for v in (variant, baseline))
+    point = float(metrics.probability_of_improvement(x, y))
+    if len(x) < 2 or len(y) < 2:
+        return point, point, point
+    with _numpy_seeded(seed) as generator:
+        points, intervals = library.get_interval_estimates(
+            {"pair": [x, y]}, lambda a, b: np.array([metrics.probability_of_improvement(a, b)]), reps=reps, random_state=generator
+        )
+    return float(points["pair"][0]), float(intervals["pair"][0, 0]), float(intervals["pair"][1, 0])
+
+
+def performance_profiles(finals: dict[str, np.ndarray], thresholds: np.ndarray, reps: int = 2000, seed: int = 0) -> tuple[dict, dict]:
+    """Score distributions (the fraction of runs whose final score exceeds each threshold) with 95%
+    bootstrap bands, by rliable: ``(profiles, bands)`` keyed like ``finals``."""
+    library, _ = _rliable()
+    with _numpy_seeded(seed):
+        return library.create_performance_profile({k: np.asarray(v, dtype=float).reshape(-1, 1) for k, v in finals.items()}, thresholds, reps=reps)
 
 
 def welch(base: np.ndarray, other: np.ndarray) -> tuple[float, float, float]:
@@ -201,11 +249,40 @@ def plot_families(groups: dict[str, RunGroup], tag: str, path: str, ylabel: str)
     return families
 
 
+def plot_performance_profiles(groups: dict[str, RunGroup], tag: str, path: str, final_fraction: float = 0.1) -> list[str]:
+    """Performance profiles (Agarwal et al., 2021) of the runs' final scores: for each run label, the
+    fraction of its runs whose final ``tag`` exceeds each threshold, with a 95% bootstrap band (rliable).
+    Returns the labels drawn (those with at least 2 seeds)."""
+    finals = {label: group.finals(tag, final_fraction) for label, group in sorted(groups.items())}
+    finals = {label: values for label, values in finals.items() if len(values) >= 2}
+    if not finals:
+        return []
+    everything = np.concatenate(list(finals.values()))
+    low, high = (0.0, 1.0) if tag in FRACTION_TAGS or tag.endswith("return_ratio") else (float(everything.min()), float(everything.max()))
+    thresholds = np.linspace(low, high, 101)
+    profiles, bands = performance_profiles(finals, thresholds)
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 4))
+    colours = plt.get_cmap("tab10")
+    for index, label in enumerate(finals):
+        colour = colours(index % 10)
+        axis.plot(thresholds, profiles[label], color=colour, label=f"{label} ({len(finals[label])} seeds)")
+        axis.fill_between(thresholds, bands[label][0], bands[label][1], color=colour, alpha=0.15)
+    axis.set_xlabel(f"final {tag} (threshold)")
+    axis.set_ylabel("fraction of runs above the threshold")
+    axis.set_ylim(-0.02, 1.02)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return list(finals)
+
+
 def summary_table(groups: dict[str, RunGroup], tag: str, final_fraction: float = 0.1) -> str:
     """Markdown: final metric and cover rate per run label, then +DMAC vs baseline per family. A run's
     final value is its mean over the last ``final_fraction`` of its env steps."""
     lines = [
-        f"| run | seeds | final {tag} | IQM final {tag} [95% bootstrap CI] | final train/cover_rate | mean train/cover_rate over training |",
+        f"| run | seeds | final {tag} | IQM final {tag} [95% stratified-bootstrap CI] | final train/cover_rate | mean train/cover_rate over training |",
         "|---|---|---|---|---|---|",
     ]
     for label in sorted(groups):
@@ -225,25 +302,31 @@ def summary_table(groups: dict[str, RunGroup], tag: str, final_fraction: float =
                 cells.append("n/a")
         finals = group.finals(tag, final_fraction)
         if len(finals) >= 2:
-            low, high = iqm_bootstrap_ci(finals)
-            cells.insert(1, f"{iqm(finals):.3f} [{low:.3f}, {high:.3f}]")
+            point, low, high = iqm_interval(finals)
+            cells.insert(1, f"{point:.3f} [{low:.3f}, {high:.3f}]")
         else:
             cells.insert(1, "n/a")
         lines.append(f"| {label} | {len(group.seeds)} | {' | '.join(cells)} |")
     lines.insert(
         0,
         "Each cell: mean ± half-width of the 95% confidence interval over seeds (Student t), and the interquartile "
-        f"mean with a 95% percentile-bootstrap interval. Final: the mean over the last {final_fraction * 100:g}% of a run's env steps.\n",
+        "mean with a 95% stratified-bootstrap interval (rliable). Final: the mean over the last "
+        f"{final_fraction * 100:g}% of a run's env steps.\n",
     )
-    lines += ["", f"| family | +DMAC minus baseline, final {tag} (95% CI, Welch) | Welch p | verdict |", "|---|---|---|---|"]
+    lines += [
+        "",
+        f"| family | +DMAC minus baseline, final {tag} (95% CI, Welch) | Welch p | P(+DMAC > baseline) [95% CI] (rliable) | verdict (Welch) |",
+        "|---|---|---|---|---|",
+    ]
     for family in FAMILIES:
         if family not in groups or f"{family}_dmac" not in groups:
             continue
         base, dmac = groups[family].finals(tag, final_fraction), groups[f"{family}_dmac"].finals(tag, final_fraction)
         if len(base) < 2 or len(dmac) < 2:
-            lines.append(f"| {family.upper()} | {float(dmac.mean() - base.mean()):+.3f} (fewer than 2 seeds a side: no test) | n/a | n/a |")
+            lines.append(f"| {family.upper()} | {float(dmac.mean() - base.mean()):+.3f} (fewer than 2 seeds a side: no test) | n/a | n/a | n/a |")
             continue
         difference, half, p_value = welch(base, dmac)
+        improvement, low, high = improvement_probability(dmac, base)
         if difference - half > 0:
             verdict = "+DMAC better"
         elif difference + half < 0:
@@ -251,7 +334,8 @@ def summary_table(groups: dict[str, RunGroup], tag: str, final_fraction: float =
         else:
             verdict = "no significant difference"
         lines.append(
-            f"| {family.upper()} | {difference:+.3f} [{difference - half:+.3f}, {difference + half:+.3f}] | {p_value:.3f} | {verdict} |"
+            f"| {family.upper()} | {difference:+.3f} [{difference - half:+.3f}, {difference + half:+.3f}] | {p_value:.3f} "
+            f"| {improvement:.2f} [{low:.2f}, {high:.2f}] | {verdict} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -353,6 +437,7 @@ def main(argv: list[str] | None = None) -> None:
     has_cover = any(len(group.finals("train/cover_rate")) for group in groups.values())
     if has_cover:  # the stochastic game's; other envs have none
         plot_families(groups, "train/cover_rate", os.path.join(args.out, "cover_rate.png"), "train/cover_rate")
+    profiled = plot_performance_profiles(groups, args.metric, os.path.join(args.out, "performance_profile.png"), args.final_fraction)
     omega_groups = load(args.omega_runs) if args.omega_runs else {}
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(
@@ -366,7 +451,8 @@ def main(argv: list[str] | None = None) -> None:
             omega_groups, args.metric, os.path.join(args.out, "omega_sweep.png"), groups.get("coma"), args.final_fraction
         )
     print(
-        f"wrote {args.out}/learning_curves.png, " + ("cover_rate.png, " if has_cover else "") + "summary.md, marl_eval.json"
+        f"wrote {args.out}/learning_curves.png, " + ("cover_rate.png, " if has_cover else "")
+        + ("performance_profile.png, " if profiled else "") + "summary.md, marl_eval.json"
         + (", omega_sweep.png" if args.omega_runs else "")
     )
 
