@@ -22,8 +22,13 @@ class Evaluation(pl.Callback):
     """Evaluate the current policy on a separate env, on rank 0 only, and log ``eval/*``.
 
     Logged (x-axis env steps): ``eval/return``, ``eval/episode_length``, ``eval/win_rate`` where the
-    env reports wins, ``eval/return_ratio`` (return / exact optimum) where the env knows its optimum.
-    ``dmac test`` plays the same settings' episodes once.
+    env reports wins, ``eval/return_ratio`` (return / exact optimum) where the env knows its optimum, all
+    under the algorithm's published protocol (greedy for QMIX and FOP, sampled for the others and every
+    +DMAC variant) or the one ``greedy`` sets. With ``both_protocols`` (the default) every evaluation also
+    plays the same episodes under both protocols and logs them as ``eval_greedy/*`` and ``eval_sampled/*``,
+    so that algorithms published with different protocols can be compared under one; the second protocol
+    draws nothing from training's random streams (see ``Evaluator.run_both``). ``dmac test`` plays the same
+    settings' episodes once, under one protocol.
 
     After each evaluation that beats every earlier one of the run (``eval/win_rate`` where the env reports
     wins, ``eval/return`` otherwise; greater is better, the first of equals kept), the evaluated policy is
@@ -40,6 +45,8 @@ class Evaluation(pl.Callback):
         render_episodes: with every evaluation, also record this many episodes to watch, into the run's
             ``replays/`` directory: animated GIFs on SMAX (also in TensorBoard's images, ``eval/replay_<k>``),
             StarCraft II replays of the evaluation games on SMAC.
+        both_protocols: also log every evaluation under both protocols (``eval_greedy/*``, ``eval_sampled/*``);
+            it doubles the evaluation's cost.
     """
 
     def __init__(
@@ -51,8 +58,10 @@ class Evaluation(pl.Callback):
         at_start: bool = True,
         seed_offset: int = 1_000_000,
         render_episodes: int = 0,
+        both_protocols: bool = True,
     ) -> None:
         check_positive_int("evaluation.interval", interval)
+        self.both_protocols = both_protocols
         self.evaluator = Evaluator(episodes, n_envs, greedy, seed_offset, render_episodes)
         self.interval, self.at_start = interval, at_start
         self.next_at = 0
@@ -90,9 +99,14 @@ class Evaluation(pl.Callback):
             raise_if_diverged()  # a policy with NaN weights cannot be evaluated; on every rank, so all stop together
         if not trainer.is_global_zero:
             return {}
-        metrics = self.evaluator.run(pl_module, trainer.datamodule)
+        if self.both_protocols:
+            by_protocol = self.evaluator.run_both(pl_module, trainer.datamodule)
+            metrics = by_protocol["greedy" if self.evaluator.greedy_for(pl_module) else "sampled"]
+            logged = {f"eval_{protocol}/{k}": v for protocol, values in by_protocol.items() for k, v in values.items()}
+        else:
+            metrics, logged = self.evaluator.run(pl_module, trainer.datamodule), {}
         self.last = {"env_steps": steps, **metrics}
-        log_metrics(trainer, {f"eval/{k}": v for k, v in metrics.items()}, step=steps)
+        log_metrics(trainer, {**{f"eval/{k}": v for k, v in metrics.items()}, **logged}, step=steps)
         self.keep_if_best(trainer, metrics, steps)
         record(trainer, pl_module, self.evaluator, f"eval_{steps}", tag="eval", step=steps)
         rank_zero_info(f"eval @ {steps} env steps: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))

@@ -88,20 +88,56 @@ class Evaluator:
         self._env: EnvBase | None = None
         self._warned_undrawable = False
 
-    def policy(self, module: Any) -> Callable[[TensorDictBase], TensorDictBase]:
-        greedy = module.greedy_evaluation if self.greedy is None else self.greedy
+    def greedy_for(self, module: Any) -> bool:
+        """Whether this evaluator plays greedily: its ``greedy`` setting, else the algorithm's published protocol."""
+        return module.greedy_evaluation if self.greedy is None else self.greedy
+
+    def policy(self, module: Any, greedy: bool | None = None) -> Callable[[TensorDictBase], TensorDictBase]:
+        greedy = self.greedy_for(module) if greedy is None else greedy
         return module.policy("greedy" if greedy else "sample")
 
-    def run(self, module: Any, datamodule: Any) -> dict[str, float]:
-        """Mean return, episode length (and win rate, return ratio where the env knows them)."""
+    def env(self, datamodule: Any) -> EnvBase:
         if self._env is None:
             self._env = datamodule.wrap_env(datamodule.make_env(self.n_envs, datamodule.seed + self.seed_offset))
+        return self._env
+
+    def run(self, module: Any, datamodule: Any, greedy: bool | None = None) -> dict[str, float]:
+        """Mean return, episode length (and win rate, return ratio where the env knows them), greedy or
+        sampled as ``greedy`` says (default: :meth:`greedy_for`)."""
+        env = self.env(datamodule)
         was_training = module.training
         module.eval()
         try:
-            return evaluate_episodes(self._env, self.policy(module), self.episodes, datamodule.env_info.episode_limit)
+            return evaluate_episodes(env, self.policy(module, greedy), self.episodes, datamodule.env_info.episode_limit)
         finally:
             module.train(was_training)
+
+    def run_both(self, module: Any, datamodule: Any) -> dict[str, dict[str, float]]:
+        """The same evaluation under both protocols: ``{"greedy": metrics, "sampled": metrics}``.
+
+        The evaluator's own protocol (:meth:`greedy_for`) plays first, exactly as :meth:`run` would, so its
+        numbers and everything after them are what they were with one protocol. The other then replays the same
+        episodes (the eval env's random state put back where the first started, where the env can save it:
+        the stochastic game, SMAX; StarCraft II cannot, so on SMAC it meets other battles) with the random
+        streams of torch forked: it draws nothing from the streams training uses, and afterwards the eval env
+        goes on from where the first protocol left it.
+        """
+        env = self.env(datamodule)
+        save, load = env_extra(env, "checkpoint_state"), env_extra(env, "load_checkpoint_state")
+        start = save() if save is not None else None
+        first = self.greedy_for(module)
+        metrics = {first: self.run(module, datamodule, first)}
+        end = save() if save is not None else None
+        devices = [module.device] if getattr(module, "device", torch.device("cpu")).type == "cuda" else []
+        try:
+            if start is not None:
+                load(start)
+            with torch.random.fork_rng(devices=devices):
+                metrics[not first] = self.run(module, datamodule, not first)
+        finally:
+            if end is not None:
+                load(end)
+        return {"greedy": metrics[True], "sampled": metrics[False]}
 
     @staticmethod
     def drawable(datamodule: Any) -> bool:
