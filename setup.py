@@ -33,6 +33,7 @@ setup(
             "dmac=dmac_lightning.cli:main",
             "dmac-sweep=dmac_lightning.experiments.sweep:main",
             "dmac-plots=dmac_lightning.experiments.plots:main",
+            "dmac-table=dmac_lightning.experiments.table:main",
             "dmac-theory=dmac_lightning.theory:main",
         ]
     },

@@ -281,3 +281,43 @@ def test_the_slurm_launcher_says_how_to_install_submitit_and_translates_resource
     assert parameters["additional_parameters"] == {"requeue": True, "account": "mygroup", "exclusive": True}
     assert parameters["signal_delay_s"] == 120  # a long limit: the default warning
     assert slurm.Resources(time="1").parameters("x", 5)["signal_delay_s"] == 15  # a short one: a quarter of it
+
+
+def write_export(path, env, task, runs, metric="win_rate"):
+    """A marl-eval export: ``runs`` = {algorithm: [[(step, value), ...] per seed]}."""
+    tree = {env: {task: {
+        name: {f"run_{seed}": {f"step_{i}": {"step_count": step, metric: [value]} for i, (step, value) in enumerate(points)}
+               for seed, points in enumerate(seeds)}
+        for name, seeds in runs.items()}}}
+    path.write_text(json.dumps(tree))
+    return str(path)
+
+
+def test_the_paper_table_from_exports_by_hand(tmp_path):
+    from dmac_lightning.experiments import table
+
+    def seeds(*finals):  # two evaluations a seed: 0 at the start, the final value at 100k
+        return [[(0, 0.0), (100_000, value)] for value in finals]
+
+    smax = write_export(tmp_path / "a.json", "smax", "3m", {"qmix": seeds(0.5, 0.6, 0.7), "qmix_dmac": seeds(0.6, 0.8, 0.9),
+                                                            "coma": seeds(0.2)})
+    game = write_export(tmp_path / "b.json", "stochastic_game", "default",
+                        {"dop": seeds(0.3, 0.4), "dop_dmac": seeds(0.1, 0.2)}, metric="return_ratio")
+    out = tmp_path / "out"
+    table.main(["--task", f"SMAX 3m={smax}", "--task", f"game={game}@0.5", "--out", str(out)])
+    text = (out / "paper_table.md").read_text()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in text.splitlines() if line.startswith("| ")}
+    assert list(rows["family"]) == ["SMAX 3m", "game"]
+    qmix, dop = rows["QMIX"], rows["DOP"]
+    # QMIX+DMAC minus QMIX: 0.7667 - 0.6 = +0.167; pairs: 0.6 beats 0.5 and ties 0.6 (half), 0.8 and 0.9 beat all three: 7.5 of 9
+    assert qmix[0].startswith("+0.167 [") and "P(+DMAC > base) 0.83 [" in qmix[0]
+    assert "3 v 3 seeds, 100k, greedy v sampled" in qmix[0] and qmix[1] == "-"
+    # the game's last half of each run is its final evaluation: DOP+DMAC 0.15 against DOP 0.35, every pair lost
+    assert dop[1].startswith("-0.200 [") and "P(+DMAC > base) 0.00 [" in dop[1] and "sampled v sampled" in dop[1]
+    assert "COMA" not in rows  # no +DMAC variant of it in any export
+    with open(out / "paper_table.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):
+        table.main(["--task", f"game={game}@1.5", "--out", str(out)])
+    with pytest.raises(SystemExit):
+        table.main(["--task", "no-equals-sign", "--out", str(out)])

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,7 +75,9 @@ def _numpy_seeded(seed: int):
     state = np.random.get_state()
     np.random.seed(seed)
     try:
-        yield np.random.RandomState(seed)
+        with warnings.catch_warnings():  # arch deprecates the random_state rliable hands it; nothing to act on here
+            warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+            yield np.random.RandomState(seed)
     finally:
         np.random.set_state(state)
 

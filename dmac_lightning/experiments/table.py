@@ -1,0 +1,200 @@
+"""The paper's main comparison as one table: each family's +DMAC variant against its baseline on each
+task (Su & Lu, Fig. 3), from the runs' marl-eval exports (``marl_eval.json``, which ``dmac-plots`` writes).
+
+    dmac-table --task "reduced game=docs/results/as_published/reduced_game/marl_eval.json" \\
+               --task "SMAX 3m=docs/results/as_published/smax_3m_1m/marl_eval.json@0.101" \\
+               --task "SMAX 3m=docs/results/as_published/smax_3m_300k/marl_eval.json@0.34" \\
+               --out docs/results
+
+``--task NAME=EXPORT[@FRACTION]``: a task's column, from one export (a task named twice takes families
+from each export: e.g. QMIX at 1M from one sweep, DOP at 300k from another); a run's final score is its
+mean over the evaluations in the last ``FRACTION`` of its env steps (default 0.1). The metric is the
+export's ``return_ratio`` where it has one (the stochastic game), else ``win_rate``.
+
+Each cell: +DMAC minus baseline with its 95% interval and Welch's p, the probability of improvement
+P(+DMAC > baseline) with its 95% stratified-bootstrap interval (rliable), the verdict (Welch at 5%), the
+seeds and budget of each side, and the evaluation protocol each was published with (greedy for QMIX and
+FOP, sampled for the others and every +DMAC variant). Writes ``paper_table.md`` and ``paper_table.png``
+(the probability of improvement per cell, with its interval).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from dmac_lightning.algorithms.registry import FAMILIES, algorithm
+from dmac_lightning.experiments.plots import _pyplot, env_steps_label, improvement_probability, welch
+
+
+@dataclass(frozen=True)
+class Runs:
+    """One algorithm's runs on one task: each run's final score and the env steps it reached."""
+
+    finals: np.ndarray
+    reached: np.ndarray
+
+    @property
+    def budget(self) -> int:
+        """The env steps every run reached, to the thousand (a run stops at the first collect past its budget)."""
+        return int(round(self.reached.min() / 1000) * 1000)
+
+
+def read_export(path: str, fraction: float = 0.1) -> tuple[str, dict[str, Runs]]:
+    """``(metric, {algorithm: Runs})`` from a marl-eval export of one env and task."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"{path}: the final window must be in (0, 1], got {fraction}")
+    with open(path) as f:
+        export = json.load(f)
+    tasks = [(env, task) for env in export for task in export[env]]
+    if len(tasks) != 1:
+        raise ValueError(f"{path}: expected one env and task, found {tasks}")
+    env, task = tasks[0]
+    algorithms = export[env][task]
+    first_step = next(iter(next(iter(algorithms.values())).values()))["step_0"]
+    metric = "return_ratio" if "return_ratio" in first_step else "win_rate"
+    result = {}
+    for name, runs in algorithms.items():
+        finals, reached = [], []
+        for evaluations in runs.values():
+            points = sorted((e["step_count"], e[metric][0]) for key, e in evaluations.items() if key.startswith("step_"))
+            steps, values = (np.array(column, dtype=float) for column in zip(*points))
+            finals.append(values[steps >= (1 - fraction) * steps.max()].mean())
+            reached.append(steps.max())
+        result[name] = Runs(np.array(finals), np.array(reached))
+    return metric, result
+
+
+def protocol(name: str) -> str:
+    """The evaluation protocol an algorithm is published with (App. C.3)."""
+    return "greedy" if algorithm(name).module.evaluates_greedily else "sampled"
+
+
+@dataclass(frozen=True)
+class Cell:
+    family: str
+    task: str
+    metric: str
+    baseline: Runs
+    variant: Runs
+
+    def statistics(self) -> dict[str, float]:
+        difference, half, p = welch(self.baseline.finals, self.variant.finals)
+        improvement, low, high = improvement_probability(self.variant.finals, self.baseline.finals)
+        return {"difference": difference, "half": half, "p": p, "improvement": improvement, "low": low, "high": high}
+
+    def verdict(self, stats: dict[str, float]) -> str:
+        if len(self.baseline.finals) < 2 or len(self.variant.finals) < 2:
+            return "too few seeds"
+        if stats["difference"] - stats["half"] > 0:
+            return "+DMAC better"
+        if stats["difference"] + stats["half"] < 0:
+            return "baseline better"
+        return "no significant difference"
+
+    def text(self) -> str:
+        stats = self.statistics()
+        n_base, n_variant = len(self.baseline.finals), len(self.variant.finals)
+        budget = env_steps_label(min(self.baseline.budget, self.variant.budget))
+        protocols = f"{protocol(self.family)} v {protocol(self.family + '_dmac')}"
+        if n_base < 2 or n_variant < 2:
+            return f"{stats['difference']:+.3f} ({n_variant} v {n_base} seeds: no interval), {budget}, {protocols}"
+        return (
+            f"{stats['difference']:+.3f} [{stats['difference'] - stats['half']:+.3f}, {stats['difference'] + stats['half']:+.3f}] "
+            f"p {stats['p']:.2g}; P(+DMAC > base) {stats['improvement']:.2f} [{stats['low']:.2f}, {stats['high']:.2f}]; "
+            f"**{self.verdict(stats)}**; {n_variant} v {n_base} seeds, {budget}, {protocols}"
+        )
+
+
+def cells(tasks: list[tuple[str, str, float]]) -> tuple[list[str], dict[tuple[str, str], Cell]]:
+    """Task names in order, and every (family, task) pair with both a baseline and a +DMAC variant."""
+    names: list[str] = []
+    found: dict[tuple[str, str], Cell] = {}
+    for task, path, fraction in tasks:
+        if task not in names:
+            names.append(task)
+        metric, runs = read_export(path, fraction)
+        for family in FAMILIES:
+            if family in runs and f"{family}_dmac" in runs:
+                if (family, task) in found:
+                    raise ValueError(f"task {task!r}: {family.upper()} is in two exports (give it once)")
+                found[family, task] = Cell(family, task, metric, runs[family], runs[f"{family}_dmac"])
+    return names, found
+
+
+def markdown(names: list[str], found: dict[tuple[str, str], Cell]) -> str:
+    lines = [
+        "Each cell: +DMAC minus baseline in the final score (return as a fraction of the exact optimum on the games, win "
+        "rate on SMAX) with its 95% interval and Welch's p; the probability that a +DMAC run beats a baseline run, with "
+        "its 95% stratified-bootstrap interval (rliable); the verdict (Welch, 5%); the seeds (+DMAC v baseline) and the "
+        "budget; the evaluation protocols (baseline v +DMAC, as published). \"-\": not run.",
+        "",
+        "| family | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for family in FAMILIES:
+        if not any((family, task) in found for task in names):
+            continue
+        row = [found[family, task].text() if (family, task) in found else "-" for task in names]
+        lines.append(f"| {family.upper()} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(names: list[str], found: dict[tuple[str, str], Cell], path: str) -> None:
+    """Probability of improvement per (family, task), with its interval; 0.5 is no difference."""
+    plt = _pyplot()
+    families = [f for f in FAMILIES if any((f, task) in found for task in names)]
+    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names) + 1, 0.5 * len(families) + 1.4), sharey=True, squeeze=False)
+    for axis, task in zip(axes[0], names):
+        for row, family in enumerate(families):
+            if (family, task) not in found:
+                continue
+            stats = found[family, task].statistics()
+            axis.errorbar(stats["improvement"], row, xerr=[[stats["improvement"] - stats["low"]], [stats["high"] - stats["improvement"]]],
+                          fmt="o", color="tab:red" if stats["low"] > 0.5 else ("tab:blue" if stats["high"] < 0.5 else "black"), capsize=3)
+        axis.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+        axis.set_xlim(-0.05, 1.05)
+        axis.set_title(task, fontsize=9)
+        axis.set_xlabel("P(+DMAC > baseline)")
+    axes[0][0].set_yticks(range(len(families)), [f.upper() for f in families])
+    axes[0][0].set_ylim(-0.5, len(families) - 0.5)
+    fig.suptitle("P(+DMAC run beats baseline run), 95% CI (rliable); red: interval above 0.5, blue: below", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_task(spec: str) -> tuple[str, str, float]:
+    name, separator, rest = spec.partition("=")
+    if not separator or not name or not rest:
+        raise ValueError(f"--task must look like NAME=EXPORT[@FRACTION], got {spec!r}")
+    path, _, fraction = rest.partition("@")
+    return name, path, float(fraction) if fraction else 0.1
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", action="append", required=True, metavar="NAME=EXPORT[@FRACTION]")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    try:
+        names, found = cells([parse_task(spec) for spec in args.task])
+    except (ValueError, OSError) as error:
+        parser.error(str(error))
+    if not found:
+        parser.error("no family has both its baseline and its +DMAC variant in these exports")
+    os.makedirs(args.out, exist_ok=True)
+    text = markdown(names, found)
+    with open(os.path.join(args.out, "paper_table.md"), "w") as f:
+        f.write(text)
+    figure(names, found, os.path.join(args.out, "paper_table.png"))
+    print(text)
+    print(f"wrote {args.out}/paper_table.md, paper_table.png")
+
+
+if __name__ == "__main__":
+    main()
