@@ -115,12 +115,13 @@ class Evaluator:
     def run_both(self, module: Any, datamodule: Any) -> dict[str, dict[str, float]]:
         """The same evaluation under both protocols: ``{"greedy": metrics, "sampled": metrics}``.
 
-        The evaluator's own protocol (:meth:`greedy_for`) plays first, exactly as :meth:`run` would, so its
-        numbers and everything after them are what they were with one protocol. The other then replays the same
-        episodes (the eval env's random state put back where the first started, where the env can save it:
-        the stochastic game, SMAX; StarCraft II cannot, so on SMAC it meets other battles) with the random
-        streams of torch forked: it draws nothing from the streams training uses, and afterwards the eval env
-        goes on from where the first protocol left it.
+        The evaluator's own protocol (:meth:`greedy_for`) plays first, exactly as :meth:`run` would. The other
+        then replays the same episodes, with torch's random streams forked so that it draws nothing from the
+        streams training uses. Where the eval env can save its random state (``checkpoint_state``: the
+        stochastic game, SMAX) it is put back to where the first protocol started before the second, and to
+        where the first ended after it, so every later evaluation is what it was with one protocol.
+        StarCraft II cannot save its state: on SMAC the second protocol meets other battles, and later
+        evaluations follow on from them.
         """
         env = self.env(datamodule)
         save, load = env_extra(env, "checkpoint_state"), env_extra(env, "load_checkpoint_state")
