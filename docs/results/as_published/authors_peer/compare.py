@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> None:
             difference, half, p = welch(figures[reference][key], figure[key])
             scale = 1000 if key.startswith("env steps") else 1
             unit = "k" if scale == 1000 else ""
+            if not np.isfinite(half):  # no spread on either side (e.g. every seed reached the level at the same evaluation)
+                cells.append(f"{difference / scale:+.2f}{unit} (no spread over seeds)")
+                continue
             cells.append(f"{difference / scale:+.2f}{unit} [{(difference - half) / scale:+.2f}{unit}, {(difference + half) / scale:+.2f}{unit}], p {p:.2g}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     os.makedirs(args.out, exist_ok=True)
