@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from dmac_lightning.experiments import plots, sweep
+from dmac_lightning.experiments import plots, runs, sweep
 
 
 def test_plan_covers_configs_variants_and_seeds():
@@ -80,7 +80,7 @@ class FakeTraining:
     @classmethod
     def record(cls, monkeypatch) -> list:
         calls = []
-        monkeypatch.setattr(sweep.subprocess, "Popen", lambda argv, **kwargs: cls(argv, calls=calls, **kwargs))
+        monkeypatch.setattr(runs.subprocess, "Popen", lambda argv, **kwargs: cls(argv, calls=calls, **kwargs))
         return calls
 
 
@@ -93,19 +93,19 @@ def test_a_run_claimed_by_a_live_process_is_left_alone_and_a_dead_claim_taken_ov
     calls = FakeTraining.record(monkeypatch)
 
     assert sweep.claim(directory) is None  # ours now
-    assert sweep.claim(directory) == {"host": sweep.socket.gethostname(), "pid": os.getpid()}  # a second sweep
+    assert sweep.claim(directory) == {"host": runs.socket.gethostname(), "pid": os.getpid()}  # a second sweep
     _, status, seconds = sweep.execute(run, str(tmp_path), "sw", [], threads=None)
     assert calls == [] and seconds == 0.0 and f"pid {os.getpid()}" in status
 
     with open(claim_file, "w") as f:
-        json.dump({"host": sweep.socket.gethostname(), "pid": dead_pid, "child": dead_pid}, f)
+        json.dump({"host": runs.socket.gethostname(), "pid": dead_pid, "child": dead_pid}, f)
     _, status, _ = sweep.execute(run, str(tmp_path), "sw", [], threads=None)
     assert status == 0 and len(calls) == 1
     assert calls[0][2], "the run is claimed while it trains"
     assert not os.path.exists(claim_file) and os.path.exists(os.path.join(directory, sweep.DONE))
 
     with open(claim_file, "w") as f:  # a training whose sweep was killed: its child still runs
-        json.dump({"host": sweep.socket.gethostname(), "pid": dead_pid, "child": os.getpid()}, f)
+        json.dump({"host": runs.socket.gethostname(), "pid": dead_pid, "child": os.getpid()}, f)
     assert sweep.claim(directory)["child"] == os.getpid()
 
 
