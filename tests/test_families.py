@@ -176,6 +176,32 @@ def test_fop_mixer_weights_are_positive_and_reduce_to_the_attention_sum_at_zero_
     torch.testing.assert_close(q_tot, expected)
 
 
+def test_fop_mixer_heads_each_have_their_own_query_hypernetwork():
+    """As the published FOP (one ``selector_extractor`` per head): head h's query is
+    ``ReLU(W_h s + b_h) U_h`` from weights of its own, and its logit for agent i is that query times i's key."""
+    torch.manual_seed(1)
+    obs_dim, heads, hidden, dim = 6, 3, 5, 4
+    mixer = FOPMixer(STATE_DIM, obs_dim, N_AGENTS, N_ACTIONS, n_heads=heads, embed_dim=8, attention_dim=dim, hypernet_dim=hidden)
+    state, observation = torch.randn(7, STATE_DIM), torch.randn(7, N_AGENTS, obs_dim)
+    _, logits = mixer.attention(state, observation)
+    for h in range(heads):
+        rows = slice(h * hidden, (h + 1) * hidden)
+        query = torch.relu(state @ mixer.query_hidden.weight[rows].T + mixer.query_hidden.bias[rows]) @ mixer.query_out[h]
+        keys = (observation @ mixer.keys.weight.T).view(7, N_AGENTS, heads, dim)[:, :, h]
+        torch.testing.assert_close(logits[:, h], (query[:, None, :] * keys).sum(-1))
+    # head 1's hidden block feeds head 1 only
+    with torch.no_grad():
+        mixer.query_hidden.weight[hidden : 2 * hidden].add_(1.0)
+    _, moved = mixer.attention(state, observation)
+    assert torch.equal(moved[:, [0, 2]], logits[:, [0, 2]]) and not torch.equal(moved[:, 1], logits[:, 1])
+
+
+def test_a_fop_checkpoint_from_before_per_head_queries_stops_with_one_line():
+    module = Fop()
+    with pytest.raises(ValueError, match="share one query layer among their attention heads.*train it again"):
+        module.on_load_checkpoint({"state_dict": {"mixers.0.queries.0.weight": torch.zeros(1)}})
+
+
 def test_fop_acts_and_learns_with_the_plain_softmax():
     # The authors' FOP baseline has no epsilon: the behaviour probabilities are the policy's softmax.
     module = Fop()

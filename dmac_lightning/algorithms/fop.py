@@ -102,6 +102,15 @@ class Fop(MultiAgentModule):
     def configure_callbacks(self) -> list:
         return hard_target_updates(*self.target_networks, every_n_episodes=self.target_update_interval)
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if any(".queries." in key for key in checkpoint.get("state_dict", {})):
+            raise ValueError(
+                f"this {type(self).__name__} checkpoint's mixers share one query layer among their attention heads, "
+                "as before 2026-12-06; today's have one per head, as the "
+                "published FOP: the weights cannot be carried over; train it again"
+            )
+        super().on_load_checkpoint(checkpoint)
+
     @property
     def alpha(self) -> float:
         """The entropy temperature now."""

@@ -67,10 +67,11 @@ class FOPMixer(nn.Module):
     ``Q_tot = sum_i w_i Q_i + V(s) + sum_i (lambda_i(s, a) - 1) w_i (Q_i - V_i)``.
 
     ``w_i(s) > 0``: multi-head attention (summed over heads, so ``sum_i w_i = n_heads``) of a state
-    query on per-agent keys; ``lambda_i(s, a) > 0``: a multi-head product of a state key, a
-    state-agent gate and a state-action gate; ``V(s)``: an MLP. The advantage term enters without
-    gradient, as in the published code. The published keys read each ally's block of SMAC's state
-    vector; ours read each agent's observation, which every env has (docs/algorithms.md).
+    query on per-agent keys, each head's query from a hypernetwork of its own (Linear-ReLU-Linear, as
+    the published code's ``selector_extractors``); ``lambda_i(s, a) > 0``: a multi-head product of a
+    state key, a state-agent gate and a state-action gate; ``V(s)``: an MLP. The advantage term enters
+    without gradient, as in the published code. The published keys read each ally's block of SMAC's
+    state vector; ours read each agent's observation, which every env has (docs/algorithms.md).
     """
 
     def __init__(
@@ -83,7 +84,11 @@ class FOPMixer(nn.Module):
         self.head_agents = nn.Linear(state_dim, n_heads * n_agents)
         self.head_actions = nn.Linear(state_dim + n_agents * n_actions, n_heads * n_agents)
         self.value = mlp(state_dim, [embed_dim], 1)
-        self.queries = nn.Sequential(nn.Linear(state_dim, hypernet_dim), nn.ReLU(), nn.Linear(hypernet_dim, n_heads * attention_dim, bias=False))
+        # Every head's query hypernetwork, all heads in one matmul a layer: the hidden layers side by side,
+        # then each head's output layer on its own hidden block (no bias, as published).
+        self.query_hidden = nn.Linear(state_dim, n_heads * hypernet_dim)
+        self.query_out = nn.Parameter(torch.empty(n_heads, hypernet_dim, attention_dim))
+        nn.init.uniform_(self.query_out, -hypernet_dim**-0.5, hypernet_dim**-0.5)  # nn.Linear(hypernet_dim, attention_dim)'s init
         self.keys = nn.Linear(obs_dim, n_heads * attention_dim, bias=False)
 
     def lambda_weights(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -97,7 +102,8 @@ class FOPMixer(nn.Module):
     def attention(self, state: torch.Tensor, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``w [..., n]`` and the attention logits ``[..., heads, n]`` (for the regulariser)."""
         batch_shape = observation.shape[:-2]
-        query = self.queries(state).view(*batch_shape, self.n_heads, 1, self.attention_dim)
+        hidden = F.relu(self.query_hidden(state)).view(*batch_shape, self.n_heads, -1)
+        query = torch.einsum("...hk,hkd->...hd", hidden, self.query_out).unsqueeze(-2)  # [..., heads, 1, d]
         keys = self.keys(observation).view(*batch_shape, self.n_agents, self.n_heads, self.attention_dim).transpose(-2, -3)
         logits = (query * keys).sum(-1)  # [..., heads, n]
         weights = torch.softmax(logits / self.attention_dim**0.5, dim=-1).sum(-2) + 1e-10
