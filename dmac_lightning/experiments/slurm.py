@@ -1,6 +1,6 @@
 """``dmac-sweep --launcher slurm``: every run of a sweep as a task of one SLURM job array, through submitit.
 
-A task runs its run exactly as the local launcher does (``runs.execute``: the claim, ``dmac fit`` as a
+A task runs its run exactly as the local launcher does (``execute``: the claim, ``dmac fit`` as a
 child process writing into ``<root>/<name>/<run>/seed_<s>/``, ``done.json`` at the end), so ``dmac-plots``
 and ``--status`` read either launcher's folders. What SLURM adds:
 
@@ -28,11 +28,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from dmac_lightning.experiments import runs
+from dmac_lightning.experiments.runs import CLAIM, DONE, FAILED, Run, _alive, execute
 
 INSTALL = "pip install 'dmac-lightning[slurm]'   (or: pip install submitit)"
 SLURM_JOB = "slurm.json"
-FAILED = runs.FAILED
+FAILED = FAILED
 
 
 def require_submitit() -> Any:
@@ -55,7 +55,7 @@ def task_id() -> str | None:
 class SlurmRun:
     """One run as a SLURM task (pickled by submitit; ``checkpoint`` is its preemption/time-limit hook)."""
 
-    run: runs.Run
+    run: Run
     root: str
     name: str
     extra: list[str]
@@ -74,7 +74,7 @@ class SlurmRun:
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)  # submitit's own handler ignores it
         try:
             # SLURM sends its warning (USR2) to every process of the task: the training must not die of it
-            _, returncode, _ = runs.execute(
+            _, returncode, _ = execute(
                 self.run, self.root, self.name, self.extra, self.threads, job=task_id(), on_start=self._started,
                 ignored_signals=(signal.SIGUSR2,),
             )
@@ -232,11 +232,11 @@ def minutes(value: str) -> int:
     return max(1, int(round(total)))
 
 
-def submit(runs: list[runs.Run], root: str, name: str, extra: list[str], resources: Resources, max_requeues: int) -> list[str]:
+def submit(runs: list[Run], root: str, name: str, extra: list[str], resources: Resources, max_requeues: int) -> list[str]:
     """Submit ``runs`` (those not done yet) as one job array; returns each run's task id. Returns at once."""
     submitit = require_submitit()
     root = os.path.abspath(root)
-    pending = [run for run in runs if not os.path.exists(os.path.join(run.directory(root, name), runs.DONE))]
+    pending = [run for run in runs if not os.path.exists(os.path.join(run.directory(root, name), DONE))]
     if not pending:
         return []
     executor = submitit.SlurmExecutor(folder=os.path.join(root, name, ".submitit", "%j"), max_num_timeout=max_requeues)
@@ -291,16 +291,16 @@ def run_status(directory: str, states: dict[str, str]) -> tuple[str, str]:
         except (FileNotFoundError, ValueError):
             return {}
 
-    if os.path.exists(os.path.join(directory, runs.DONE)):
-        return "done", f"{read(runs.DONE).get('seconds', '?')} s"
+    if os.path.exists(os.path.join(directory, DONE)):
+        return "done", f"{read(DONE).get('seconds', '?')} s"
     failed = read(FAILED)
     if failed:
         logs = ", ".join(path for path in (failed.get("log"), failed.get("slurm_log")) if path)
         return "failed", f"exit {failed.get('exit')}; logs: {logs}"
     job = read(SLURM_JOB).get("job")
     state = states.get(str(job)) if job else None
-    claim = read(runs.CLAIM)
-    if state in ("RUNNING", "COMPLETING") or (claim and state is None and not job and runs._alive(claim)):
+    claim = read(CLAIM)
+    if state in ("RUNNING", "COMPLETING") or (claim and state is None and not job and _alive(claim)):
         return "running", f"job {job}" if job else f"pid {claim.get('pid')}"
     if state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED", "RESIZING"):
         return "pending", f"job {job} ({state.lower()})"
