@@ -7,6 +7,20 @@ Run (their venv, our package on the path):
     OMP_NUM_THREADS=1 ../../venv/bin/python -W ignore /work/main/docs/results/as_published/authors_peer/update_check_fop.py [sg|smax|all]
 Its output at the commit of this file: update_check_fop.out (beside it).
 
+What it isolates. Since 1bdee46 our FOPMixer has a query hypernetwork per attention head, as theirs
+(selector_extractors, mixers/fop.py L29-32): every one of their mixer parameters has a counterpart in ours
+except their key_extractors, and their per-head query layers are compared untied, as published. The known
+differences, each shown on its own:
+  (a) attention keys: theirs from each ally's block of the state (unit_dim), ours from each agent's observation.
+      Isolated by a monkeypatch of their FOPMixer.weight that feeds our observation keys (sections A..B, target
+      copies); section C runs their keys as published.
+  (b) gradient clip: theirs per critic+mixer pair, ours one joint clip over both pairs (section B, where it binds).
+  (c) resolved at 1bdee46: the heads' query hypernetworks (ours used to share one hidden layer among the heads;
+      the runs tied their per-head first layers to match). Now untied on both sides and compared per head.
+  (d) attention regulariser: theirs averaged over padded rows too, ours over real steps (A vs A' on SMAX).
+  (e) unavailable actions: their policy gives them 1e-10 (renormalised), ours exactly 0 (~1e-9 on SMAX).
+  (f) target copies: their episode counter runs one behind ours (TARGET COPIES).
+
 Nothing under /work/main is modified: our module is driven from outside (plain torch optimisers from its
 configure_optimizers(), as benchmarks/updates.py:time_bare does; a stand-in trainer that only carries env_steps and
 episodes; its TargetNetworkUpdate callbacks called by hand). Their code is not edited either; everything below that
@@ -272,11 +286,23 @@ def agent_build(d):
     return {o: d[t] for t, o in AGENT_MAP.items()}
 
 
-def mixer_build(d, H, combine="first", with_keys=True):
-    """our FOPMixer parameters from theirs (mixers/fop.py L29-40 -> networks/mixers.py L82-87).
-    Per-head modules are stacked along the output dimension in our head order. The query hypernet's first
-    layer is one module in ours, one per head in theirs: 'first' takes head 0's (weights; checked equal),
-    'sum' sums the heads present (gradients of a shared layer are the sum of the per-copy gradients)."""
+class _Used(dict):
+    """A dict that records which keys were read (to list their parameters with no counterpart)."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.used = set()
+
+    def __getitem__(self, key):
+        self.used.add(key)
+        return super().__getitem__(key)
+
+
+def mixer_build(d, H, with_keys=True):
+    """our FOPMixer parameters from theirs (mixers/fop.py L22-40 -> networks/mixers.py L83-92), weights or gradients
+    alike (the map is linear). Per-head modules are stacked along the output dimension in our head order; each head's
+    query hypernet: selector_extractors.h.0 -> query_hidden rows h*hypernet_dim.., selector_extractors.h.2.weight.T ->
+    query_out[h]."""
     out = {
         "head_keys.weight": torch.cat([d[f"keys.{h}.weight"] for h in range(H)], 0),
         "head_keys.bias": torch.cat([d[f"keys.{h}.bias"] for h in range(H)], 0),
@@ -286,11 +312,10 @@ def mixer_build(d, H, combine="first", with_keys=True):
         "head_actions.bias": torch.cat([d[f"action_extractors.{h}.bias"] for h in range(H)], 0),
         "value.0.weight": d["V.0.weight"], "value.0.bias": d["V.0.bias"],
         "value.2.weight": d["V.2.weight"], "value.2.bias": d["V.2.bias"],
-        "queries.2.weight": torch.cat([d[f"selector_extractors.{h}.2.weight"] for h in range(H)], 0),
+        "query_hidden.weight": torch.cat([d[f"selector_extractors.{h}.0.weight"] for h in range(H)], 0),
+        "query_hidden.bias": torch.cat([d[f"selector_extractors.{h}.0.bias"] for h in range(H)], 0),
+        "query_out": torch.stack([d[f"selector_extractors.{h}.2.weight"].T for h in range(H)], 0),
     }
-    for p in ("weight", "bias"):
-        shared = [d[k] for k in (f"selector_extractors.{h}.0.{p}" for h in range(H)) if k in d]
-        out[f"queries.0.{p}"] = shared[0] if combine == "first" else sum(shared)
     if with_keys:
         out["keys.weight"] = torch.cat([d[f"key_extractors.{h}.weight"] for h in range(H)], 0)
     return out
@@ -317,21 +342,22 @@ def our_modules(ours):
     }
 
 
-def build_for(kind, d, H, combine="first", with_keys=True):
+def build_for(kind, d, H, with_keys=True):
     if kind == "agent":
         return agent_build(d)
     if kind == "critic":
         return critic_build(d)
-    return mixer_build(d, H, combine, with_keys)
+    return mixer_build(d, H, with_keys)
 
 
 def copy_weights(learner, ours, H):
-    """theirs -> ours for every pair; returns their parameters with no counterpart."""
+    """theirs -> ours for every pair; returns their parameters with no counterpart, per module."""
     ours_m = our_modules(ours)
     unmatched = {}
     for label, (tm, kind) in their_pairs(learner).items():
         tp = {k: v.detach() for k, v in named(tm).items()} if not label.startswith("target") else \
             {k: v.detach() for k, v in tm.state_dict().items()}
+        tp = _Used(tp)
         built = build_for(kind, tp, H)
         op = named(ours_m[label]) if not label.startswith("target") else dict(ours_m[label].named_parameters())
         assert set(op) == set(built), (label, set(op) ^ set(built))
@@ -339,8 +365,7 @@ def copy_weights(learner, ours, H):
             assert op[name].shape == value.shape, (label, name, op[name].shape, value.shape)
             with torch.no_grad():
                 op[name].copy_(value)
-        if kind == "mixer":
-            unmatched[label] = [f"selector_extractors.{h}.0.{p}" for h in range(1, H) for p in ("weight", "bias")]
+        unmatched[label] = sorted(set(tp) - tp.used)
     return unmatched
 
 
@@ -349,7 +374,7 @@ def weight_diffs(learner, ours, H, with_keys=True):
     out = {}
     for label, (tm, kind) in their_pairs(learner).items():
         tp = {k: v.detach() for k, v in tm.state_dict().items()}
-        built = build_for(kind, tp, H, "first", with_keys)
+        built = build_for(kind, tp, H, with_keys)
         op = {k: v.detach() for k, v in ours_m[label].state_dict().items()}
         out[label] = max((built[k] - op[k]).abs().max().item() for k in built)
     return out
@@ -357,9 +382,45 @@ def weight_diffs(learner, ours, H, with_keys=True):
 
 def per_param_diffs(learner, ours, H, label, with_keys=True):
     tm, kind = their_pairs(learner)[label]
-    built = build_for(kind, {k: v.detach() for k, v in tm.state_dict().items()}, H, "first", with_keys)
+    built = build_for(kind, {k: v.detach() for k, v in tm.state_dict().items()}, H, with_keys)
     op = {k: v.detach() for k, v in our_modules(ours)[label].state_dict().items()}
     return {k: (built[k] - op[k]).abs().max().item() for k in built}
+
+
+def query_heads(learner, ours, H, snapshot=None, labels=("mixer1", "mixer2")):
+    """Per-head query hypernets, theirs (selector_extractors.h) against ours (query_hidden rows h*hd.., query_out[h]):
+    max|diff| per head, and, from their side, how far the update moved each head's weights (vs `snapshot`) and how far
+    apart their heads are (each initialised on its own)."""
+    ours_m = our_modules(ours)
+    out = {}
+    for label in labels:
+        tm = their_pairs(learner)[label][0]
+        om = ours_m[label]
+        hd = om.query_out.shape[1]
+        diffs, moved, apart = [], [], []
+        w0 = tm.selector_extractors[0][0].weight.detach()
+        for h in range(H):
+            first, last = tm.selector_extractors[h][0], tm.selector_extractors[h][2]
+            rows = slice(h * hd, (h + 1) * hd)
+            diffs.append(max((first.weight.detach() - om.query_hidden.weight.detach()[rows]).abs().max().item(),
+                             (first.bias.detach() - om.query_hidden.bias.detach()[rows]).abs().max().item(),
+                             (last.weight.detach().T - om.query_out.detach()[h]).abs().max().item()))
+            if snapshot is not None:
+                sd = snapshot[label]
+                moved.append(max((first.weight.detach() - sd[f"selector_extractors.{h}.0.weight"]).abs().max().item(),
+                                 (first.bias.detach() - sd[f"selector_extractors.{h}.0.bias"]).abs().max().item(),
+                                 (last.weight.detach() - sd[f"selector_extractors.{h}.2.weight"]).abs().max().item()))
+            apart.append((first.weight.detach() - w0).abs().max().item())
+        out[label] = dict(diffs=diffs, moved=moved, apart=max(apart))
+    return out
+
+
+def say_query_heads(learner, ours, H, snapshot, indent="  "):
+    for label, r in query_heads(learner, ours, H, snapshot).items():
+        say(f"{indent}{label} per-head queries (selector_extractors.h.0 vs query_hidden rows h, selector_extractors.h.2.weight.T "
+            f"vs query_out[h]): max|diff| per head " + ", ".join(f"{x:.1e}" for x in r["diffs"])
+            + (f"; their heads moved by the updates up to " + ", ".join(f"{x:.1e}" for x in r["moved"]) if r["moved"] else "")
+            + f"; their first layers apart, max|head_h - head_0| {r['apart']:.2e}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -465,23 +526,13 @@ def reset_ours(ours, opts, callbacks, snapshot):
         c.updates, c.copied_at = 0, 0
 
 
-def tie_selectors(mixer):
-    """Make their per-head query hypernets share one first layer (module sharing): their network then has
-    exactly our parameterisation (networks/mixers.py L86). Used only in the 'tied' variants."""
-    for h in range(1, len(mixer.selector_extractors)):
-        mixer.selector_extractors[h][0] = mixer.selector_extractors[0][0]
-
-
-def make_their_learner(mac, scheme, args, snapshot, keys_from="obs", tied=True, seed=0):
-    """A fresh FOP_Learner; weights from `snapshot` (their state dicts), except key_extractors when their
-    shape differs (unit_dim keys: their own init, seeded)."""
+def make_their_learner(mac, scheme, args, snapshot, keys_from="obs", seed=0):
+    """A fresh FOP_Learner, its networks as published (one query hypernet per head); weights from `snapshot` (their
+    state dicts), except key_extractors when their shape differs (unit_dim keys: their own init, seeded)."""
     torch.manual_seed(seed)
     learner = FOP_Learner(mac, scheme, DummyLogger(), args)
     for name in ("mixer1", "mixer2"):
-        m = getattr(learner, name)
-        if tied:
-            tie_selectors(m)
-        m.keys_from = keys_from
+        getattr(learner, name).keys_from = keys_from
     for name in ("critic1", "critic2", "mixer1", "mixer2"):
         sd = snapshot[name]
         if keys_from != "obs":
@@ -562,19 +613,19 @@ def grads_by_name(clip, modules: dict):
     return pre, post
 
 
-def compare_grads(their_g, our_g, H, pair, combine, with_keys=True):
+def compare_grads(their_g, our_g, H, pair, with_keys=True):
     """max |diff| of one critic+mixer pair's gradients, theirs mapped onto our parameter shapes."""
     tc = {k[len("critic."):]: v for k, v in their_g.items() if k.startswith("critic.")}
     tm = {k[len("mixer."):]: v for k, v in their_g.items() if k.startswith("mixer.")}
     built = {**{f"critics.{pair}.{k}": v for k, v in critic_build(tc).items()},
-             **{f"mixers.{pair}.{k}": v for k, v in mixer_build(tm, H, combine, with_keys).items()}}
+             **{f"mixers.{pair}.{k}": v for k, v in mixer_build(tm, H, with_keys).items()}}
     diffs = {k: (v - our_g[k]).abs().max().item() for k, v in built.items() if k in our_g}
     missing = [k for k in built if k not in our_g]
     return diffs, missing
 
 
 # ---------------------------------------------------------------------------------------------------------
-def stage_report(title, learner, ours, py_batch, td, episodes, H, keys_from="obs", tied=True, detailed=True):
+def stage_report(title, learner, ours, py_batch, td, episodes, H, keys_from="obs", detailed=True, snapshot=None):
     """Stage-by-stage comparison of the last run_update. Returns a summary dict."""
     say("")
     say("=" * 110)
@@ -608,7 +659,7 @@ def stage_report(title, learner, ours, py_batch, td, episodes, H, keys_from="obs
     say(f"log pi at real steps, available actions: max|diff| {res['log_pi']:.3e}")
     if real_unavail.any():
         tp = their_log_pi.exp()
-        say(f"  unavailable actions: theirs pi = {tp[real_unavail].min().item():.3e}..{tp[real_unavail].max().item():.3e} "
+        say(f"  (e) unavailable actions: theirs pi = {tp[real_unavail].min().item():.3e}..{tp[real_unavail].max().item():.3e} "
             f"(mac_out[avail==0] = 1e-10, renormalised, set again: L64-66), log pi {their_log_pi[real_unavail].max().item():.3f}; "
             f"ours pi = {our_log_pi.exp()[real_unavail].max().item():.1e} (masked logit -1e10, policy.py L9-14)")
         say(f"  their pi of available actions is shrunk by the 1e-10 mass of the unavailable ones: max|pi diff| on available "
@@ -733,7 +784,6 @@ def stage_report(title, learner, ours, py_batch, td, episodes, H, keys_from="obs
         f"{abs(total_t - total_o):.3e}")
 
     # gradients and clip
-    combine = "sum"
     o_crit_clip = o_clips[1]
     our_g_pre, our_g_post = {}, {}
     for k, p in ours.named_parameters():
@@ -744,8 +794,8 @@ def stage_report(title, learner, ours, py_batch, td, episodes, H, keys_from="obs
     for i in range(2):
         clip = t_clips[1 + i]
         tg_pre, tg_post = grads_by_name(clip, {"critic": getattr(learner, f"critic{i + 1}"), "mixer": getattr(learner, f"mixer{i + 1}")})
-        d_pre, missing = compare_grads(tg_pre, our_g_pre, H, i, combine, keys_from == "obs")
-        d_post, _ = compare_grads(tg_post, our_g_post, H, i, combine, keys_from == "obs")
+        d_pre, missing = compare_grads(tg_pre, our_g_pre, H, i, keys_from == "obs")
+        d_post, _ = compare_grads(tg_post, our_g_post, H, i, keys_from == "obs")
         norms_t.append(clip["norm"])
         worst = max(d_pre, key=d_pre.get)
         res[f"grad{i + 1}_pre"] = d_pre[worst]
@@ -771,12 +821,8 @@ def stage_report(title, learner, ours, py_batch, td, episodes, H, keys_from="obs
         for label in ("mixer1", "mixer2"):
             pd = per_param_diffs(learner, ours, H, label, keys_from == "obs")
             say(f"  {label} per parameter: " + ", ".join(f"{k} {v:.1e}" for k, v in sorted(pd.items(), key=lambda kv: -kv[1])[:5]))
-    if not tied:
-        for label in ("mixer1",):
-            m = getattr(learner, label)
-            heads = [m.selector_extractors[h][0].weight.detach() for h in range(H)]
-            say(f"  their {label} per-head query first layers after the update: max|head_h - head_0| "
-                f"{max((x - heads[0]).abs().max().item() for x in heads):.3e} (equal before: one shared layer in ours)")
+    if keys_from == "obs":
+        say_query_heads(learner, ours, H, snapshot)
     return res
 
 
@@ -787,7 +833,7 @@ def episodes_valid_slots(py_batch):
 
 
 # ---------------------------------------------------------------------------------------------------------
-def quick_compare(title, learner, ours, py_batch, H, keys_from, tied):
+def quick_compare(title, learner, ours, py_batch, H, keys_from):
     """Summary of one update: Q_tot of the four mixers, targets, losses, grad norms, weights after."""
     B, L = py_batch.batch_size, py_batch.max_seq_length
     n = learner.n_agents
@@ -834,7 +880,7 @@ def check_target_copies(learner, ours, callbacks, H):
     module.episodes = episodes collected including this one). Actor/critic steps are stubbed: only the counters run."""
     say("")
     say("=" * 110)
-    say("TARGET COPIES: 1000 collected episodes, one update per episode once 100 are stored (FOP regime on both sides)")
+    say("TARGET COPIES (f): 1000 collected episodes, one update per episode once 100 are stored (FOP regime on both sides)")
     say("=" * 110)
     ta, tc = learner.train_actor, learner.train_critic
     learner.train_actor = lambda *a, **k: None
@@ -901,16 +947,12 @@ def run_env(key):
     scheme, groups, preprocess = their_scheme(args, obs_dim)
     buffer = ReplayBuffer(scheme, groups, 5000, args.episode_limit + 1, args.burn_in_period, preprocess=preprocess, device="cpu")
     mac = mac_REGISTRY[args.mac](buffer.scheme, groups, args)
-    # the learner whose init is the reference: keys on the observation (unit_dim = obs_dim), query first layers tied
+    # the learner whose init is the reference: keys on the observation (unit_dim = obs_dim); its networks as published
+    # (one query hypernet per head, each with its own init), targets the deepcopies its __init__ makes
     args_obs = copy.copy(args)
     args_obs.unit_dim = obs_dim
     torch.manual_seed(1)
     learner0 = FOP_Learner(mac, buffer.scheme, DummyLogger(), args_obs)
-    n_sel = sum(p.numel() for h in range(1, H) for p in learner0.mixer1.selector_extractors[h][0].parameters())
-    for name in ("mixer1", "mixer2"):
-        tie_selectors(getattr(learner0, name))
-    learner0.target_mixer1 = copy.deepcopy(learner0.mixer1)
-    learner0.target_mixer2 = copy.deepcopy(learner0.mixer2)
     snapshot = {name: copy.deepcopy(getattr(learner0, name).state_dict()) for name in
                 ("critic1", "critic2", "mixer1", "mixer2", "target_critic1", "target_critic2", "target_mixer1", "target_mixer2")}
     snapshot["agent"] = copy.deepcopy(mac.agent.state_dict())
@@ -918,13 +960,15 @@ def run_env(key):
     args_pub = copy.copy(args)
     pub_mixer = TheirMixer(args_pub)
     say(f"their FOPMixer parameters (as published, unit_dim {unit_dim_pub}): {sum(p.numel() for p in pub_mixer.parameters())}; "
-        f"of which query first layers {H} x {pub_mixer.selector_extractors[0][0].weight.numel() + pub_mixer.selector_extractors[0][0].bias.numel()}, "
-        f"key extractors {H} x {pub_mixer.key_extractors[0].weight.numel()}")
+        f"of which query hypernets {H} x ({sum(p.numel() for p in pub_mixer.selector_extractors[0][0].parameters())} + "
+        f"{pub_mixer.selector_extractors[0][2].weight.numel()}), key extractors {H} x {pub_mixer.key_extractors[0].weight.numel()}")
 
     ours, opts, callbacks = build_ours(env.info, init_args)
-    say(f"our FOPMixer parameters: {sum(p.numel() for p in ours.mixers[0].parameters())}; query first layer 1 x "
-        f"{ours.mixers[0].queries[0].weight.numel() + ours.mixers[0].queries[0].bias.numel()} (shared by the {H} heads); keys "
-        f"{ours.mixers[0].keys.weight.numel()} = {H} x {obs_dim} x {args.mixing_embed_dim}")
+    om0 = ours.mixers[0]
+    say(f"our FOPMixer parameters: {sum(p.numel() for p in om0.parameters())}; query hypernets {H} x "
+        f"({(om0.query_hidden.weight.numel() + om0.query_hidden.bias.numel()) // H} + {om0.query_out[0].numel()}) (query_hidden "
+        f"{tuple(om0.query_hidden.weight.shape)}, query_out {tuple(om0.query_out.shape)}: one per head, as theirs); keys "
+        f"{om0.keys.weight.numel()} = {H} x {obs_dim} x {args.mixing_embed_dim}")
     say(f"agent input: theirs {mac._get_input_shape(buffer.scheme)} ours {ours.actor.encoder.in_features}; critic input: theirs "
         f"{learner0.critic1.fc1.in_features} (critics/fop.py L18-47: obs, last action, id) ours {ours.critics[0].encoder.in_features} "
         f"(obs, last action, id)")
@@ -934,12 +978,13 @@ def run_env(key):
         f"c2 {len(learner0.c_optimiser2.param_groups[0]['params'])}")
     say("weights theirs -> ours: agent, critic1/2 (fc1, GRU, fc2 -> encoder, rnn, head), mixer1/2 and all four targets (keys.h -> "
         "head_keys rows h, agents_extractors.h -> head_agents rows h*n.., action_extractors.h -> head_actions rows, V -> value, "
-        "selector_extractors.h.2 -> queries.2 rows h*32.., selector_extractors.0.0 -> queries.0, key_extractors.h -> keys rows h*32..)")
+        f"selector_extractors.h.0 -> query_hidden rows h*{args.hypernet_embed}.., selector_extractors.h.2.weight.T -> query_out[h], "
+        f"key_extractors.h -> keys rows h*{args.mixing_embed_dim}..)")
     unmatched = copy_weights(learner0, ours, H)
-    say(f"  their parameters with no counterpart: selector_extractors.1-{H - 1}.0 (weight, bias) of each mixer "
-        f"({n_sel} numbers per mixer): our query hypernet has one first layer for all heads; for the comparison their heads are tied to "
-        f"head 0's layer (module sharing) or, untied, initialised equal to it. Key extractors: only with keys on the observation "
-        f"(unit_dim = obs_dim = {obs_dim}); the published ones (unit_dim {unit_dim_pub}) have no counterpart.")
+    left = sorted({k for v in unmatched.values() for k in v})
+    say(f"  their parameters with no counterpart (reference learner, keys on the observation): {left if left else 'none'}. "
+        f"Their key extractors as published (unit_dim {unit_dim_pub}, state blocks) have none: difference (a), section C; "
+        f"elsewhere their keys are fed our observations (unit_dim = obs_dim = {obs_dim}, monkeypatched weight) and copied from ours.")
     say(f"  after copy: {weight_diffs(learner0, ours, H)}")
     our_snapshot = copy.deepcopy(ours.state_dict())
 
@@ -967,27 +1012,28 @@ def run_env(key):
     episodes = ours.episode_batch(td)
     gen = torch.Generator().manual_seed(123)
 
-    # A. aligned: keys from the observation, tied query layers, their regulariser as published
-    learner = make_their_learner(mac, buffer.scheme, args_obs, snapshot, "obs", True)
+    # A. aligned: keys from the observation (a isolated), per-head query hypernets untied on both sides, their regulariser as published
+    learner = make_their_learner(mac, buffer.scheme, args_obs, snapshot, "obs")
     reset_ours(ours, opts, callbacks, our_snapshot)
     assert max(weight_diffs(learner, ours, H).values()) == 0.0
     fixed = fixed_draws(ours, episodes, gen)
     episodes = run_update(learner, ours, callbacks, py_batch, td, fixed)
-    resA = stage_report(f"[{key}] A. ALIGNED NETWORKS: their keys read each agent's observation (monkeypatched weight), their 4 query "
-                        "first layers tied into one (module sharing); their attention regulariser as published", learner, ours, py_batch,
-                        td, episodes, H)
+    resA = stage_report(f"[{key}] A. ALIGNED NETWORKS: their keys read each agent's observation (monkeypatched weight: (a) isolated); "
+                        f"their {H} query hypernets untied, as published, each mapped onto its head of ours (query_hidden rows, "
+                        "query_out[h]); their attention regulariser as published ((d) shows where there is padding)", learner, ours, py_batch, td, episodes, H,
+                        snapshot=snapshot)
     learner_after_A = learner
 
     padded = bool((~their_masks(py_batch)[..., 0].bool()).any())
     if padded:
         # A'. the same with their regulariser averaged over real rows only
-        learner = make_their_learner(mac, buffer.scheme, args_obs, snapshot, "obs", True)
+        learner = make_their_learner(mac, buffer.scheme, args_obs, snapshot, "obs")
         reset_ours(ours, opts, callbacks, our_snapshot)
         REG["mask"] = their_masks(py_batch)[..., 0]
         episodes = run_update(learner, ours, callbacks, py_batch, td, fixed)
         REG["mask"] = None
         stage_report(f"[{key}] A'. as A, and their attention regulariser averaged over the real steps only (monkeypatch; ours: "
-                     "fop.py L178)", learner, ours, py_batch, td, episodes, H, detailed=True)
+                     "fop.py L178): (d) removed", learner, ours, py_batch, td, episodes, H, detailed=True, snapshot=snapshot)
 
     # A-T. a time-limit end: the longest episode's last step stored as not terminated (what PyMARL's runner stores when
     # info["episode_limit"]; PymarlEnv says so where our env truncates). Only the longest episode can be truncated in a real
@@ -998,14 +1044,14 @@ def run_env(key):
     eps_t[longest]["terminated"][-1] = 0
     py_t = to_float64(to_pymarl(eps_t, L, scheme, groups, preprocess))
     td_t = to_ours(eps_t, L, args.n_agents, args.n_actions)
-    learner = make_their_learner(mac, buffer.scheme, args_obs, snapshot, "obs", True)
+    learner = make_their_learner(mac, buffer.scheme, args_obs, snapshot, "obs")
     reset_ours(ours, opts, callbacks, our_snapshot)
     REG["mask"] = their_masks(py_t)[..., 0] if padded else None
     episodes_t = run_update(learner, ours, callbacks, py_t, td_t, fixed)
     REG["mask"] = None
     stage_report(f"[{key}] A-T. as A{chr(39) if padded else ''}, with episode {longest} (length {lengths[longest]}, the longest) ending by the "
                  "time limit (terminated stored 0 at its last step): bootstrap from the target mixers at its last slot",
-                 learner, ours, py_t, td_t, episodes_t, H, detailed=False)
+                 learner, ours, py_t, td_t, episodes_t, H, detailed=False, snapshot=snapshot)
     tcr, oc = CAPTURE.store["their_critic"][-1], CAPTURE.store["our_critic"][-1]
     k = lengths[longest]
     say(f"  truncated episode, last step target: theirs {tcr['targets'][longest, k - 1, 0].item():.15e} ours "
@@ -1014,8 +1060,9 @@ def run_env(key):
 
     # A''. several consecutive updates (aligned, regulariser masked where there is padding), fresh shared draws each
     say("")
-    say(f"[{key}] A''. 5 consecutive updates on the same batch, aligned networks" + (", regulariser masked" if padded else ""))
-    learner = make_their_learner(mac, buffer.scheme, args_obs, snapshot, "obs", True)
+    say(f"[{key}] A''. 5 consecutive updates on the same batch, aligned networks (per-head queries untied)"
+        + (", regulariser masked" if padded else ""))
+    learner = make_their_learner(mac, buffer.scheme, args_obs, snapshot, "obs")
     reset_ours(ours, opts, callbacks, our_snapshot)
     REG["mask"] = their_masks(py_batch)[..., 0] if padded else None
     for u in range(1, 6):
@@ -1023,18 +1070,20 @@ def run_env(key):
         episodes = run_update(learner, ours, callbacks, py_batch, td, fixed_u, t_env=T_ENV + 50 * u, episode_num=EPISODE_NUM + u)
         wd = weight_diffs(learner, ours, H)
         say(f"  update {u}: max|diff| " + " ".join(f"{k} {v:.1e}" for k, v in wd.items()))
+        if u in (1, 5):
+            say_query_heads(learner, ours, H, snapshot, indent="    ")
     REG["mask"] = None
 
     # B. the clip binds: rewards x 300 on both sides
     say("")
     say("=" * 110)
-    say(f"[{key}] B. CLIP BINDS (aligned networks; rewards x300 in both batches): per-pair clip (theirs) vs joint clip (ours)")
+    say(f"[{key}] B. CLIP BINDS (aligned networks; rewards x300 in both batches): (b) per-pair clip (theirs) vs joint clip (ours)")
     say("=" * 110)
     py_big = to_float64(to_pymarl(eps, L, scheme, groups, preprocess))
     py_big.data.transition_data["reward"] = py_big.data.transition_data["reward"] * 300
     td_big = td.clone()
     td_big.set("reward", td_big.get("reward") * 300)
-    learner = make_their_learner(mac, buffer.scheme, args_obs, snapshot, "obs", True)
+    learner = make_their_learner(mac, buffer.scheme, args_obs, snapshot, "obs")
     reset_ours(ours, opts, callbacks, our_snapshot)
     REG["mask"] = their_masks(py_batch)[..., 0] if padded else None
     episodes_big = run_update(learner, ours, callbacks, py_big, td_big, fixed)
@@ -1050,8 +1099,8 @@ def run_env(key):
             our_g_pre[k], our_g_post[k] = o_clips[1]["pre"][id(p)], o_clips[1]["post"][id(p)]
     for i in range(2):
         tg_pre, tg_post = grads_by_name(t_clips[1 + i], {"critic": getattr(learner, f"critic{i + 1}"), "mixer": getattr(learner, f"mixer{i + 1}")})
-        d_pre, _ = compare_grads(tg_pre, our_g_pre, H, i, "sum")
-        d_post, _ = compare_grads(tg_post, our_g_post, H, i, "sum")
+        d_pre, _ = compare_grads(tg_pre, our_g_pre, H, i)
+        d_post, _ = compare_grads(tg_post, our_g_post, H, i)
         gmax = max(v.abs().max().item() for v in tg_post.values())
         say(f"pair {i + 1}: pre-clip gradient max|diff| {max(d_pre.values()):.3e}; post-clip max|diff| {max(d_post.values()):.3e} "
             f"(their max|g| after clip {gmax:.3e})")
@@ -1061,24 +1110,16 @@ def run_env(key):
         "lr*10*sign(g); the clip's effect shows in later steps through the running average)")
     del episodes_big
 
-    # C. as-published networks, in isolation and together
+    # C. as-published networks: with the per-head queries matched (1bdee46), the keys (a) are the only network difference left
     say("")
     say("=" * 110)
     say(f"[{key}] C. AS-PUBLISHED NETWORKS against ours, same initial weights where they have counterparts, same draws")
     say("=" * 110)
-    for keys_from, tied, title in (("obs", False, "C1. query first layers untied (one per head, as published), keys on the observation"),
-                                   ("state", True, f"C2. keys from the state's ally blocks (unit_dim {unit_dim_pub}, as published), tied"),
-                                   ("state", False, "C3. both as published")):
-        a = args_obs if keys_from == "obs" else args
-        learner = make_their_learner(mac, buffer.scheme, a, snapshot, keys_from, tied, seed=2)
-        reset_ours(ours, opts, callbacks, our_snapshot)
-        episodes = run_update(learner, ours, callbacks, py_batch, td, fixed)
-        quick_compare(f"[{key}] {title}", learner, ours, py_batch, H, keys_from, tied)
-        if not tied:
-            m = learner.mixer1
-            heads = [m.selector_extractors[h][0].weight.detach() for h in range(H)]
-            say(f"   their per-head query first layers after one update: max|head_h - head_0| "
-                f"{max((x - heads[0]).abs().max().item() for x in heads):.3e}")
+    learner = make_their_learner(mac, buffer.scheme, args, snapshot, "state", seed=2)
+    reset_ours(ours, opts, callbacks, our_snapshot)
+    episodes = run_update(learner, ours, callbacks, py_batch, td, fixed)
+    quick_compare(f"[{key}] C. (a) keys from the state's ally blocks (unit_dim {unit_dim_pub}, as published; their own init); "
+                  "everything else as A, the per-head query hypernets included", learner, ours, py_batch, H, "state")
 
     # could any unit_dim make their keys equal ours? (theirs: state[:, i*u:(i+1)*u], ours: obs_i)
     u = obs_dim
@@ -1098,7 +1139,7 @@ def run_env(key):
 
     # target copies (on the learner of A, weights after one update so online != target)
     check_alpha(ours)
-    learner = make_their_learner(mac, buffer.scheme, args_obs, snapshot, "obs", True)
+    learner = make_their_learner(mac, buffer.scheme, args_obs, snapshot, "obs")
     reset_ours(ours, opts, callbacks, our_snapshot)
     fixed = fixed_draws(ours, ours.episode_batch(td), gen)
     REG["mask"] = their_masks(py_batch)[..., 0] if padded else None
