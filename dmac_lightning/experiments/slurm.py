@@ -32,7 +32,6 @@ from dmac_lightning.experiments.runs import CLAIM, DONE, FAILED, Run, _alive, ex
 
 INSTALL = "pip install 'dmac-lightning[slurm]'   (or: pip install submitit)"
 SLURM_JOB = "slurm.json"
-FAILED = FAILED
 
 
 def require_submitit() -> Any:
