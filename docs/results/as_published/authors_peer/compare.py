@@ -29,7 +29,7 @@ import os
 
 import numpy as np
 
-from dmac_lightning.experiments.plots import _pyplot, mean_ci, read_scalars, welch
+from dmac_lightning.experiments.plots import _pyplot, env_steps_label, mean_ci, read_scalars, welch
 
 Series = dict[int, tuple[np.ndarray, np.ndarray, float]]  # seed -> (env steps, values, env steps/s or NaN)
 
@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         mean, half = mean_ci(table)
         axis.plot(checkpoints, mean, color=colour, label=f"{name} ({table.shape[0]} seeds)")
         axis.fill_between(checkpoints, np.clip(mean - half, 0, 1), np.clip(mean + half, 0, 1), color=colour, alpha=0.15)
+    axis.xaxis.set_major_formatter(env_steps_label)
     axis.set_xlabel("env steps")
     axis.set_ylabel({"return_ratio": "eval return / exact optimum", "win_rate": "eval win rate"}[args.metric])
     axis.set_ylim(-0.02, 1.02)
