@@ -51,6 +51,9 @@ SRC = os.environ.get("AUTHORS_SRC", "/work/peers/authors/FOP-DMAC-MACPF/src")
 ROOT = os.environ.get("DMAC_ROOT", "/work/main")
 sys.path[:0] = [SRC, ROOT]
 
+# The episode and batch conversions are update_check.py's (beside this file): the same episodes in their layout and ours.
+from update_check import canonical_from_pymarl, recursive_update, to_float64, to_ours, to_pymarl  # noqa: E402
+
 # theirs
 from components.episode_buffer import EpisodeBatch as PyEpisodeBatch, ReplayBuffer  # noqa: E402
 from components.transforms import OneHot  # noqa: E402
@@ -88,15 +91,6 @@ def say(*parts) -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 # their args, as main.py + run.py build them
-def recursive_update(d, u):
-    for k, v in u.items():
-        if isinstance(v, collections.abc.Mapping):
-            d[k] = recursive_update(d.get(k, {}), v)
-        else:
-            d[k] = v
-    return d
-
-
 def their_args(spec: dict, env_info: dict) -> SimpleNamespace:
     with open(os.path.join(SRC, "config", "default.yaml")) as f:
         config = yaml.load(f, Loader=yaml.FullLoader)
@@ -425,67 +419,6 @@ def say_query_heads(learner, ours, H, snapshot, indent="  "):
 
 # ---------------------------------------------------------------------------------------------------------
 # data: canonical episodes <-> their EpisodeBatch / our TensorDict (as compare_update.py)
-def canonical_from_pymarl(batch):
-    eps = []
-    for b in range(batch.batch_size):
-        filled = batch["filled"][b, :, 0]
-        k = int(filled.sum()) - 1
-        eps.append(dict(
-            obs=batch["obs"][b, : k + 1].clone(), state=batch["state"][b, : k + 1].clone(),
-            avail=batch["avail_actions"][b, : k + 1].clone(), actions=batch["actions"][b, : k + 1, :, 0].clone(),
-            reward=batch["reward"][b, :k, 0].clone(), terminated=batch["terminated"][b, :k, 0].clone(),
-        ))
-    return eps
-
-
-def to_pymarl(eps, L, scheme, groups, preprocess):
-    batch = PyEpisodeBatch(scheme, groups, len(eps), L, preprocess=preprocess, device="cpu")
-    for b, e in enumerate(eps):
-        k = e["reward"].shape[0]
-        bs = slice(b, b + 1)
-        batch.update({"state": e["state"][:k].numpy(), "avail_actions": e["avail"][:k].numpy(), "obs": e["obs"][:k].numpy()},
-                     bs=bs, ts=slice(0, k))
-        batch.update({"actions": e["actions"][:k, :, None].numpy(), "reward": e["reward"][:k, None].numpy(),
-                      "terminated": e["terminated"][:k, None].numpy()}, bs=bs, ts=slice(0, k))
-        batch.update({"state": e["state"][k:].numpy(), "avail_actions": e["avail"][k:].numpy(), "obs": e["obs"][k:].numpy()},
-                     bs=bs, ts=slice(k, k + 1))
-        batch.update({"actions": e["actions"][k:, :, None].numpy()}, bs=bs, ts=slice(k, k + 1))
-    return batch
-
-
-def to_float64(batch):
-    for key, value in batch.data.transition_data.items():
-        if value.dtype == torch.float32:
-            batch.data.transition_data[key] = value.double()
-    return batch
-
-
-def to_ours(eps, L, n_agents, n_actions):
-    B = len(eps)
-    O, S = eps[0]["obs"].shape[-1], eps[0]["state"].shape[-1]
-    obs = torch.zeros(B, L, n_agents, O)
-    state = torch.zeros(B, L, S)
-    mask = torch.ones(B, L, n_agents, n_actions, dtype=torch.bool)
-    action = torch.zeros(B, L, n_agents, dtype=torch.long)
-    reward = torch.zeros(B, L, 1)
-    terminated = torch.zeros(B, L, 1, dtype=torch.bool)
-    filled = torch.zeros(B, L, dtype=torch.bool)
-    for b, e in enumerate(eps):
-        k = e["reward"].shape[0]
-        obs[b, : k + 1] = e["obs"].double()
-        state[b, : k + 1] = e["state"].double()
-        mask[b, : k + 1] = e["avail"].bool()
-        action[b, :k] = e["actions"][:k]
-        reward[b, :k, 0] = e["reward"].double()
-        terminated[b, :k, 0] = e["terminated"].bool()
-        filled[b, :k] = True
-    return TensorDict(
-        {"agents": {"observation": obs, "action_mask": mask, "action": action}, "state": state, "reward": reward,
-         "terminated": terminated, "filled": filled},
-        batch_size=[B, L],
-    )
-
-
 # ---------------------------------------------------------------------------------------------------------
 def load_preset():
     with open(PRESET) as f:
