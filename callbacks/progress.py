@@ -18,15 +18,16 @@ class RLProgressBar(TQDMProgressBar):
     (not ``Epoch 1: 427/?``), then the last collect's training return and the last evaluation's win
     rate (SMAC/SMAX) or return ratio (stochastic game)."""
 
-    def __init__(self, refresh_seconds: float = 0.5) -> None:
-        super().__init__()
+    def __init__(self, refresh_seconds: float = 0.5, process_position: int = 0, label: str = "") -> None:
+        super().__init__(process_position=process_position)
         self.refresh_seconds = refresh_seconds
+        self.label = label  # e.g. "seed 3": several seeds in one process each have their own line
         self._refreshed_at = 0.0
 
     def init_train_tqdm(self) -> Tqdm:
         data = self.trainer.datamodule
         return Tqdm(
-            desc="env steps",
+            desc=f"{self.label} env steps".lstrip(),
             unit=" steps",
             total=data.max_env_steps,
             initial=data.env_steps,  # a resumed run starts where its checkpoint was

@@ -29,6 +29,7 @@ from torchrl.envs import EnvBase, TensorDictPrimer, TransformedEnv
 
 from datamodules.assembler import EpisodeAssembler, trim_to_longest
 from datamodules.rng import restore_rng_state, rng_state
+from dmac_lightning import lockstep
 from dmac_lightning.envs import EnvInfo, check_env_config, env_extra, env_metadata, make_env
 from dmac_lightning.loggers import log_hyperparams, log_metrics
 from dmac_lightning.validation import INF, check_positive_int, check_range
@@ -53,6 +54,7 @@ class EpisodeStream(IterableDataset):
         data = self.datamodule
         epoch_end = min(data.max_env_steps, (data.env_steps // data.env_steps_per_epoch + 1) * data.env_steps_per_epoch)
         while data.env_steps < epoch_end:
+            lockstep.pause()  # several seeds in one process (dmac fit --seeds N): the others collect and update now
             data.collect()
             if not data.can_sample():
                 continue

@@ -11,9 +11,11 @@ diverges (NaN or inf) stops with one message and exit status 1 (``dmac_lightning
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import sys
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import torch
@@ -45,11 +47,12 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 
-def persistent_callbacks(checkpointing: bool = True, progress_bar: bool = True) -> list:
+def persistent_callbacks(checkpointing: bool = True, progress_bar: bool = True, bar_position: int = 0, bar_label: str = "") -> list:
     """A checkpoint per epoch (``last.ckpt``, named by env steps) and one on exceptions, the RL progress bar; each unless
-    the trainer turns checkpointing or the progress bar off."""
+    the trainer turns checkpointing or the progress bar off. ``bar_position``/``bar_label``: a seed's own line
+    (``--seeds``)."""
     callbacks: list = [EnvStepCheckpoint(save_last="link", every_n_epochs=1), CrashCheckpoint()] if checkpointing else []
-    return callbacks + [RLProgressBar()] if progress_bar else callbacks
+    return callbacks + [RLProgressBar(process_position=bar_position, label=bar_label)] if progress_bar else callbacks
 
 
 def run_name(model_class_path: str, env: str, env_kwargs: dict[str, Any] | None) -> str:
@@ -61,17 +64,86 @@ def run_name(model_class_path: str, env: str, env_kwargs: dict[str, Any] | None)
     return f"{env_label}/{model_class_path.rsplit('.', 1)[-1]}"
 
 
-def newest_run_checkpoint(save_dir: str, name: str, best: bool = False) -> tuple[str, str] | None:
+def newest_run_checkpoint(save_dir: str, name: str, best: bool = False, seed: int | None = None) -> tuple[str, str] | None:
     """``(checkpoint path, version)``: the newest ``last.ckpt`` or ``on_exception.ckpt`` under ``save_dir/name``
-    (with ``best``: the newest ``best.ckpt``)."""
+    (with ``best``: the newest ``best.ckpt``); with ``seed``, also those of that seed in a run of several
+    seeds (``version_N/seed_<seed>``, whose version is then that relative path)."""
     filenames = (BEST_FILENAME,) if best else ("last.ckpt", CrashCheckpoint.FILENAME)
+    folders = ["*"] + ([os.path.join("*", f"seed_{seed}")] if seed is not None else [])
     candidates = [
-        path for filename in filenames for path in glob.glob(os.path.join(save_dir, name, "*", "checkpoints", filename))
+        path
+        for folder in folders
+        for filename in filenames
+        for path in glob.glob(os.path.join(save_dir, name, folder, "checkpoints", filename))
     ]
     if not candidates:
         return None
     newest = max(candidates, key=os.path.getmtime)
-    return newest, os.path.basename(os.path.dirname(os.path.dirname(newest)))
+    return newest, os.path.relpath(os.path.dirname(os.path.dirname(newest)), os.path.join(save_dir, name))
+
+
+def newest_checkpoint_in(directory: str) -> str | None:
+    """The newer of ``last.ckpt`` and ``on_exception.ckpt`` in ``directory/checkpoints``, if any."""
+    saved = [os.path.join(directory, "checkpoints", f) for f in ("last.ckpt", CrashCheckpoint.FILENAME)]
+    saved = [path for path in saved if os.path.exists(path)]
+    return max(saved, key=os.path.getmtime) if saved else None
+
+
+def next_version(save_dir: str, name: str) -> str:
+    """``version_<k>``, one past the highest under ``save_dir/name`` (Lightning's numbering)."""
+    taken = [
+        int(match.group(1))
+        for entry in glob.glob(os.path.join(save_dir, name, "version_*"))
+        if (match := re.fullmatch(r"version_(\d+)", os.path.basename(entry)))
+    ]
+    return f"version_{max(taken) + 1 if taken else 0}"
+
+
+@dataclass
+class SeedGroup:
+    """``dmac fit --seeds``: the seeds trained in lockstep in this process, and where their folders go
+    (``version`` with ``{seed}``, fixed by the first seed's CLI: every seed lands in the same run folder)."""
+
+    seeds: list[int]
+    version: str | None = None
+
+    def folder(self, seed: int) -> str:
+        return self.version.format(seed=seed)
+
+
+def parse_seeds_option(value: str) -> int | list[int]:
+    """``--seeds``: a count N (seeds S..S+N-1, S from ``--seed_everything``) or a comma-separated list."""
+    try:
+        if "," in value:
+            seeds = [int(part) for part in value.split(",") if part.strip()]
+            if not seeds or len(set(seeds)) != len(seeds):
+                raise ValueError
+            return seeds
+        count = int(value)
+    except ValueError:
+        raise ConfigError(f"--seeds must be a number of seeds (>= 1) or a list of distinct seeds like 0,2,5; got {value!r}") from None
+    if count < 1:
+        raise ConfigError(f"--seeds must be at least 1; got {count}")
+    return count
+
+
+def split_seeds_option(args: list[str]) -> tuple[int | list[int] | None, list[str]]:
+    """``(--seeds value, the other arguments)``; None for a plain run (no ``--seeds``, or ``--seeds 1``)."""
+    value, rest, index = None, [], 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--seeds" and index + 1 < len(args):
+            value, index = args[index + 1], index + 2
+            continue
+        if arg.startswith("--seeds="):
+            value = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        index += 1
+    if value is None:
+        return None, args
+    seeds = parse_seeds_option(value)
+    return (None if seeds == 1 else seeds), rest
 
 
 class ConfigError(ValueError):
@@ -122,7 +194,12 @@ class DMACArgumentParser(LightningArgumentParser):
 
 
 class DMACCLI(LightningCLI):
-    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+    """``group``: this CLI builds one seed of ``dmac fit --seeds`` (``group_index``-th); it then sets the run up
+    without starting it: ``start_fit()`` runs it (``fit_seeds`` calls it in lockstep with the others)."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True, group: SeedGroup | None = None, group_index: int = 0) -> None:
+        self.group, self.group_index = group, group_index
+        self.start_fit: Any = None
         super().__init__(
             MultiAgentModule,
             EpisodeDataModule,
@@ -148,6 +225,19 @@ class DMACCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(Evaluation, "evaluation")
+        # Taken off the command line by main() before parsing; here so that --help shows it.
+        parser.add_argument(
+            "--seeds", type=str, default="1",
+            help="train several seeds of this config in one process, in lockstep: N (seeds S..S+N-1, S = "
+            "seed_everything) or a list like 0,2,5; each seed's outputs go to <run folder>/seed_<s>/, laid out as "
+            "a single run's; command line only",
+        )
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if self.group is None:
+            super()._run_subcommand(subcommand)
+        else:
+            self.start_fit = lambda: super(DMACCLI, self)._run_subcommand(subcommand)
 
     def instantiate_classes(self) -> None:
         # Configuration mistakes found while building the objects read like parser errors: the
@@ -186,9 +276,14 @@ class DMACCLI(LightningCLI):
 
     def _check_and_name_run(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if str(config.get("seeds", "1")) != "1":
+            raise ConfigError("seeds: give --seeds on the command line (dmac fit ... --seeds N), not in a config file")
+        seed = config.get("seed_everything")
         self.trainer_defaults["callbacks"] = persistent_callbacks(
             checkpointing=config.trainer.enable_checkpointing is not False,
             progress_bar=config.trainer.enable_progress_bar is not False,
+            bar_position=self.group_index,
+            bar_label=f"seed {seed}" if self.group is not None else "",
         )
         if config.trainer.strategy == "ddp":
             # A critic step and an actor step each back-propagate through only part of the module.
@@ -208,14 +303,17 @@ class DMACCLI(LightningCLI):
             if getattr(init_args, "name", None) == AUTO:
                 init_args.name = run_name(class_path, config.data.env, config.data.env_kwargs)
                 named.append(init_args)
-        if not named:
-            return
-        init_args = named[0]
         wanted = getattr(config, "ckpt_path", None)
         if wanted == "best" and self.subcommand == "fit":
             raise ConfigError("--ckpt_path best holds no optimiser state or replay buffer: it is for dmac test; resume with --ckpt_path last")
+        if self.group is not None:
+            self._place_seed(config, [getattr(logger, "init_args", None) for logger in loggers], seed, wanted)
+            return
+        if not named:
+            return
+        init_args = named[0]
         if wanted in ("last", "best"):
-            found = newest_run_checkpoint(init_args.save_dir, init_args.name, best=wanted == "best")
+            found = newest_run_checkpoint(init_args.save_dir, init_args.name, best=wanted == "best", seed=seed if isinstance(seed, int) else None)
             if found is None:
                 raise ConfigError(
                     f"--ckpt_path {wanted}: no run of {init_args.name} has a {wanted}.ckpt under "
@@ -225,15 +323,124 @@ class DMACCLI(LightningCLI):
             for other in named:
                 other.version = version
 
+    def _place_seed(self, config: Any, loggers: list[Any], seed: Any, wanted: str | None) -> None:
+        """One seed of ``--seeds``: its logger version ``<run folder>/seed_<s>``, and with ``--ckpt_path last`` its own
+        newest checkpoint there (none yet: that seed starts afresh)."""
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"--seeds needs an integer seed_everything (the first seed); got {seed!r}")
+        loggers = [init_args for init_args in loggers if init_args is not None and hasattr(init_args, "save_dir")]
+        if not loggers:
+            raise ConfigError("--seeds needs a logger (trainer.logger): each seed writes its events and checkpoints to its own folder")
+        if wanted not in (None, "last"):
+            raise ConfigError(
+                f"--ckpt_path {wanted} with --seeds: give --ckpt_path last (each seed resumes from its own "
+                "seed_<s>/checkpoints), or resume one seed alone with --seed_everything S --ckpt_path PATH"
+            )
+        first = loggers[0]
+        group = self.group
+        if group.version is None:
+            given = getattr(first, "version", None)
+            if given is not None:
+                group.version = str(given) if "{seed}" in str(given) else os.path.join(str(given), "seed_{seed}")
+            elif wanted == "last":
+                found = [newest_run_checkpoint(first.save_dir, first.name, seed=s) for s in group.seeds]
+                found = [(path, version) for path, version in (f for f in found if f) if os.path.basename(version).startswith("seed_")]
+                if not found:
+                    raise ConfigError(
+                        f"--ckpt_path last: no run of several seeds of {first.name} has a checkpoint of seed "
+                        f"{', '.join(map(str, group.seeds))} under {os.path.join(first.save_dir, first.name)}"
+                    )
+                newest_version = max(found, key=lambda item: os.path.getmtime(item[0]))[1]
+                group.version = os.path.join(os.path.dirname(newest_version), "seed_{seed}")
+            else:
+                group.version = os.path.join(next_version(first.save_dir, first.name), "seed_{seed}")
+        for init_args in loggers:
+            init_args.version = group.folder(seed)
+        if wanted == "last":
+            config.ckpt_path = newest_checkpoint_in(os.path.join(first.save_dir, first.name, group.folder(seed)))
+
 
 # Exit status of a run stopped by SIGTERM (128 + 15, as a shell reports it): not 0, so that a sweep (local or
 # SLURM) never takes a stopped run for a finished one.
 STOPPED_BY_SIGTERM = 143
 
 
+SEED_RESULT = "seed_result.json"
+
+
+def fit_seeds(args: list[str], seeds: int | list[int]) -> int:
+    """``dmac fit ... --seeds``: each seed set up exactly as its own ``dmac fit --seed_everything s`` would be,
+    then all trained in lockstep (``dmac_lightning.lockstep``). A seed that diverges or fails stops alone, says
+    so, and the others go on. Each seed's end goes to ``seed_result.json`` in its folder. Exit status: 0 when
+    every seed finished, 143 when one was stopped by SIGTERM (resume with ``--ckpt_path last``), else 1."""
+    from dmac_lightning.lockstep import Lockstep, ProcessState
+
+    if not args or args[0] != "fit":
+        sys.stderr.write("error: --seeds goes with dmac fit (dmac test evaluates one checkpoint: give a seed's seed_<s>/checkpoints/...)\n")
+        return 2
+    explicit = seeds if isinstance(seeds, list) else None
+    group = SeedGroup(explicit or [])
+    first_args = args + (["--seed_everything", str(explicit[0])] if explicit else [])
+    first = DMACCLI(args=first_args, group=group, group_index=0)
+    if explicit is None:
+        start = first.config.fit.seed_everything
+        group.seeds = list(range(start, start + seeds))
+    clis, states = [first], [ProcessState()]
+    for index, seed in enumerate(group.seeds[1:], 1):
+        clis.append(DMACCLI(args=args + ["--seed_everything", str(seed)], group=group, group_index=index))
+        states.append(ProcessState())  # right after the seed's own seed_everything and model construction
+    folders = {seed: cli.trainer.log_dir for seed, cli in zip(group.seeds, clis)}
+    sys.stderr.write(f"training seeds {', '.join(map(str, group.seeds))} in lockstep, into {os.path.dirname(folders[group.seeds[0]])}\n")
+    lockstep = Lockstep()
+    for seed, cli, state in zip(group.seeds, clis, states):
+        lockstep.add(seed, cli.start_fit, state)
+
+    statuses: dict[int, int] = {}
+
+    def report(seed: int, outcome: Any) -> None:
+        status, message = _seed_status(outcome.error)
+        statuses[seed] = status
+        others = " (the other seeds go on)" if len(statuses) < len(group.seeds) and status != 0 else ""
+        if status == 0:
+            sys.stderr.write(f"seed {seed}: finished, in {folders[seed]}\n")
+        else:
+            if status == 1 and not isinstance(outcome.error, NonFiniteError):
+                sys.stderr.write(outcome.traceback)
+            sys.stderr.write(f"seed {seed}: {message}{others}\n")
+        os.makedirs(folders[seed], exist_ok=True)
+        with open(os.path.join(folders[seed], SEED_RESULT), "w") as f:
+            json.dump({"seed": seed, "exit": status, "message": message}, f, indent=1)
+
+    lockstep.run(on_end=report)
+    if all(status == 0 for status in statuses.values()):
+        return 0
+    return STOPPED_BY_SIGTERM if STOPPED_BY_SIGTERM in statuses.values() else 1
+
+
+def _seed_status(error: BaseException | None) -> tuple[int, str]:
+    if error is None:
+        return 0, "finished"
+    if isinstance(error, NonFiniteError):
+        return 1, f"diverged: {error}"
+    if isinstance(error, SIGTERMException):
+        return STOPPED_BY_SIGTERM, "stopped by SIGTERM: its checkpoint is written; resume with --ckpt_path last"
+    if type(error) in (SystemExit, KeyboardInterrupt):
+        return 1, "interrupted: resume with --ckpt_path last"
+    return 1, f"failed: {type(error).__name__}: {error}"
+
+
 def main(args: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if args is None else args)
     try:
-        DMACCLI(args=args)
+        try:
+            seeds, args = split_seeds_option(args)
+        except ConfigError as error:
+            sys.stderr.write(f"error: {error}\n")
+            raise SystemExit(2) from None
+        if seeds is None:
+            DMACCLI(args=args)
+        else:
+            raise SystemExit(fit_seeds(args, seeds))
     except NonFiniteError as error:  # a diverged run: the message says it all, no traceback
         sys.stderr.write(f"error: {error}\n")
         raise SystemExit(1) from None

@@ -1,0 +1,137 @@
+"""Several seeds' training in one process, in lockstep: each seed's whole ``Trainer.fit`` runs as a greenlet,
+one at a time, and hands over at :func:`pause` (called before every collect), so all seeds advance together.
+
+Each seed keeps everything a separate run has (its Trainer, callbacks, logger, checkpoints, data module,
+envs, replay buffer, optimisers), and the process-wide state a run reads is swapped at every hand-over:
+the random streams (torch, CUDA, NumPy, Python), the environment variables Lightning's ``seed_everything``
+sets, and torch's grad mode. So a seed's computation is the same sequence of operations on the same
+numbers as its separate run (tests/test_seeds.py checks this for every algorithm).
+
+Greenlets, not threads: only one seed runs at any time, on the main thread (where Lightning registers its
+signal handlers), and a hand-over happens only where a seed asks for it.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from greenlet import greenlet
+
+from datamodules.rng import restore_rng_state, rng_state
+
+# What Lightning's seed_everything leaves in the environment, read later (e.g. the data module's seed).
+SEED_VARIABLES = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+
+_running: Lockstep | None = None
+
+
+def pause() -> None:
+    """Let the other seeds of a lockstep group take their turn (nothing outside a group)."""
+    if _running is not None and _running.current is not None:
+        _running.hub.switch()
+
+
+@dataclass
+class ProcessState:
+    """The process-wide state one seed's run reads and changes: saved when it hands over, put back when it resumes."""
+
+    rng: dict[str, Any] = field(default_factory=rng_state)
+    variables: dict[str, str | None] = field(default_factory=lambda: {name: os.environ.get(name) for name in SEED_VARIABLES})
+    grad_enabled: bool = field(default_factory=torch.is_grad_enabled)
+
+    def save(self) -> None:
+        self.rng, self.grad_enabled = rng_state(), torch.is_grad_enabled()
+        self.variables = {name: os.environ.get(name) for name in SEED_VARIABLES}
+
+    def restore(self) -> None:
+        restore_rng_state(self.rng)
+        torch.set_grad_enabled(self.grad_enabled)
+        for name, value in self.variables.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@dataclass
+class Outcome:
+    """How a seed's run ended: ``error`` is None when it finished."""
+
+    error: BaseException | None = None
+    traceback: str = ""
+
+
+@dataclass
+class _Task:
+    key: Any
+    run: Callable[[], Any]
+    state: ProcessState
+    outcome: Outcome = field(default_factory=Outcome)
+    greenlet: greenlet | None = None
+
+
+class Lockstep:
+    """Runs tasks (a seed's fit each) round-robin, a turn each until they :func:`pause` or end.
+
+    A task that raises ends alone (its outcome keeps the error) and the others go on: one seed
+    diverging stops that seed, not the group.
+    """
+
+    def __init__(self) -> None:
+        self.tasks: list[_Task] = []
+        self.current: _Task | None = None
+        self.hub: greenlet | None = None
+
+    def add(self, key: Any, run: Callable[[], Any], state: ProcessState) -> None:
+        """``state``: the process state the task starts from (taken right after its run was set up)."""
+        self.tasks.append(_Task(key, run, state))
+
+    def run(self, on_end: Callable[[Any, Outcome], None] | None = None) -> dict[Any, Outcome]:
+        global _running
+        if _running is not None:
+            raise RuntimeError("a lockstep group is already running in this process")
+        _running, self.hub = self, greenlet.getcurrent()
+        outside = ProcessState()
+        try:
+            for task in self.tasks:
+                task.greenlet = greenlet(self._body(task), parent=self.hub)
+            pending = list(self.tasks)
+            interrupted = False
+            while pending:
+                for task in list(pending):
+                    self.current = task
+                    task.state.restore()
+                    if interrupted and not task.greenlet:  # not started: it never will
+                        task.outcome = Outcome(KeyboardInterrupt(), "interrupted before it started")
+                        task.greenlet = greenlet(lambda: None, parent=self.hub)
+                        task.greenlet.switch()
+                    elif interrupted:  # Ctrl-C stopped one seed: stop the others the way Lightning stops a run
+                        task.greenlet.throw(KeyboardInterrupt)
+                    else:
+                        task.greenlet.switch()  # back here when the task pauses or ends
+                    task.state.save()
+                    self.current = None
+                    if task.greenlet.dead:
+                        pending.remove(task)
+                        # Lightning turns a KeyboardInterrupt into exactly SystemExit(1) after its graceful shutdown.
+                        interrupted = interrupted or type(task.outcome.error) in (SystemExit, KeyboardInterrupt)
+                        if on_end is not None:
+                            on_end(task.key, task.outcome)
+        finally:
+            self.current, _running = None, None
+            outside.restore()
+        return {task.key: task.outcome for task in self.tasks}
+
+    @staticmethod
+    def _body(task: _Task) -> Callable[[], None]:
+        def body() -> None:
+            try:
+                task.run()
+            except BaseException as error:  # noqa: BLE001  (SystemExit too: one seed's end is not the group's)
+                task.outcome = Outcome(error, traceback.format_exc())
+
+        return body
