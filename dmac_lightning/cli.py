@@ -105,6 +105,7 @@ class SeedGroup:
     (``version`` with ``{seed}``, fixed by the first seed's CLI: every seed lands in the same run folder)."""
 
     seeds: list[int]
+    count: int = 0  # with no seeds listed: this many from the first CLI's seed_everything on
     version: str | None = None
 
     def folder(self, seed: int) -> str:
@@ -338,6 +339,8 @@ class DMACCLI(LightningCLI):
             )
         first = loggers[0]
         group = self.group
+        if not group.seeds:
+            group.seeds = list(range(seed, seed + group.count))
         if group.version is None:
             given = getattr(first, "version", None)
             if given is not None:
@@ -379,12 +382,9 @@ def fit_seeds(args: list[str], seeds: int | list[int]) -> int:
         sys.stderr.write("error: --seeds goes with dmac fit (dmac test evaluates one checkpoint: give a seed's seed_<s>/checkpoints/...)\n")
         return 2
     explicit = seeds if isinstance(seeds, list) else None
-    group = SeedGroup(explicit or [])
+    group = SeedGroup(explicit or [], count=0 if explicit else seeds)
     first_args = args + (["--seed_everything", str(explicit[0])] if explicit else [])
     first = DMACCLI(args=first_args, group=group, group_index=0)
-    if explicit is None:
-        start = first.config.fit.seed_everything
-        group.seeds = list(range(start, start + seeds))
     clis, states = [first], [ProcessState()]
     for index, seed in enumerate(group.seeds[1:], 1):
         clis.append(DMACCLI(args=args + ["--seed_everything", str(seed)], group=group, group_index=index))

@@ -52,3 +52,24 @@ class DumpAtTrainStart(pl.Callback):
             },
             self.path,
         )
+
+
+class FailForSeed(pl.Callback):
+    """Raise in the run of seed ``seed`` only (``seed_everything``), once it has collected ``env_steps`` env steps."""
+
+    def __init__(self, seed: int, env_steps: int) -> None:
+        self.seed, self.env_steps = seed, env_steps
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        if int(os.environ.get("PL_GLOBAL_SEED", -1)) == self.seed and trainer.datamodule.env_steps >= self.env_steps:
+            raise RuntimeError(f"injected failure for seed {self.seed} at {trainer.datamodule.env_steps} env steps")
+
+
+COLLECTS: list[tuple[int, int]] = []  # (seed, env steps) at every update, in the order they ran (in-process runs)
+
+
+class RecordCollects(pl.Callback):
+    """Append ``(seed_everything, env steps)`` to ``COLLECTS`` after every update."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        COLLECTS.append((int(os.environ["PL_GLOBAL_SEED"]), trainer.datamodule.env_steps))
