@@ -29,6 +29,7 @@ from callbacks.evaluation import BEST_FILENAME
 from datamodules import EpisodeDataModule
 from dmac_lightning.algorithms import ALGORITHMS, MultiAgentModule
 from dmac_lightning.checkpoints import RenamedSettingError, upgrade_settings
+from dmac_lightning.lockstep import SEED_RESULT
 from dmac_lightning.nonfinite import NonFiniteError
 
 LOG_ROOT = "lightning_logs"
@@ -366,9 +367,6 @@ class DMACCLI(LightningCLI):
 # Exit status of a run stopped by SIGTERM (128 + 15, as a shell reports it): not 0, so that a sweep (local or
 # SLURM) never takes a stopped run for a finished one.
 STOPPED_BY_SIGTERM = 143
-
-
-SEED_RESULT = "seed_result.json"
 
 
 def fit_seeds(args: list[str], seeds: int | list[int]) -> int:

@@ -281,6 +281,10 @@ def test_the_slurm_launcher_says_how_to_install_submitit_and_translates_resource
     assert parameters["additional_parameters"] == {"requeue": True, "account": "mygroup", "exclusive": True}
     assert parameters["signal_delay_s"] == 120  # a long limit: the default warning
     assert slurm.Resources(time="1").parameters("x", 5)["signal_delay_s"] == 15  # a short one: a quarter of it
+    # A task of 5 seeds in one process: a run's memory and time, five times over (one buffer each, trained in turn).
+    grouped = slurm.Resources(cpus=2, mem="6G", time="4:00:00").parameters("x", 5, seeds=5)
+    assert grouped["mem"] == "30G" and grouped["time"] == 1200 and grouped["cpus_per_task"] == 2
+    assert [slurm.scaled_memory(m, 3) for m in ("4000", "1.5G", "512M", "2gb")] == ["12000M", "5G", "1536M", "6G"]
 
 
 def write_export(path, env, task, runs, metric="win_rate"):
@@ -321,3 +325,54 @@ def test_the_paper_table_from_exports_by_hand(tmp_path):
         table.main(["--task", f"game={game}@1.5", "--out", str(out)])
     with pytest.raises(SystemExit):
         table.main(["--task", "no-equals-sign", "--out", str(out)])
+
+
+def test_seeds_of_a_run_are_grouped_into_processes():
+    planned = sweep.plan(["a/coma.yaml", "a/qmix.yaml"], [0, 1, 2, 3, 4])
+    assert [[(r.label, r.seed) for r in group] for group in runs.groups(planned)] == [
+        [("coma", s) for s in range(5)], [("qmix", s) for s in range(5)],
+    ]
+    assert [[r.seed for r in group] for group in runs.groups(planned, 2)] == [[0, 1], [2, 3], [4], [0, 1], [2, 3], [4]]
+    assert all(len(group) == 1 for group in runs.groups(planned, 1))
+    varied = sweep.plan(["a/coma.yaml"], [0, 1], vary="model.init_args.omega=0.1,10")
+    assert [[(r.label, r.seed) for r in group] for group in runs.groups(varied)] == [
+        [("coma-omega0.1", 0), ("coma-omega0.1", 1)], [("coma-omega10", 0), ("coma-omega10", 1)],
+    ]
+    with pytest.raises(ValueError, match="--seeds-per-process must be at least 1"):
+        runs.groups(planned, 0)
+    group = runs.groups(planned)[0][:3]
+    argv = sweep.command(group, "/r", "sw", ["--data.max_env_steps", "10"])
+    assert argv[argv.index("--seeds") + 1] == "0,1,2" and "--seed_everything" not in argv
+    assert argv[argv.index("--trainer.logger.init_args.version") + 1] == "seed_{seed}" and "--ckpt_path" not in argv
+
+
+def test_a_sweep_trains_a_runs_seeds_in_one_process_each_seed_in_its_own_folder(tmp_path):
+    """End to end: two seeds in one process; one seed's failure (injected) marks only it failed; the next sweep
+    skips the finished seed and resumes the failed one alone, from its checkpoint."""
+    import subprocess
+
+    from conftest import SMALL_GAME
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    tiny = ["--data.env_kwargs", json.dumps(SMALL_GAME), "--data.env_steps_per_epoch", "100", "--evaluation.interval", "200",
+            "--evaluation.episodes", "2", "--data.max_env_steps", "200"]
+    fail_seed_1 = ["--trainer.callbacks+", json.dumps({"class_path": "run_probes.FailForSeed", "init_args": {"seed": 1, "env_steps": 100}})]
+    command = [sys.executable, "-m", "dmac_lightning.experiments.sweep", "--name", "g", "--algorithms", "coma", "--seeds", "0", "1",
+               "--root", str(tmp_path), "--threads", "1", "--"]
+    first = subprocess.run(command + tiny + fail_seed_1, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "coma seed 0: done" in first.stdout and "coma seed 1: FAILED (exit 1" in first.stdout
+    seed_0, seed_1 = (tmp_path / "g" / "coma" / f"seed_{s}" for s in (0, 1))
+    assert json.load(open(seed_0 / sweep.DONE))["seeds_in_process"] == 2
+    assert not (seed_1 / sweep.DONE).exists() and json.load(open(seed_1 / sweep.FAILED))["exit"] == 1
+    assert os.path.realpath(seed_0 / "sweep.log") == os.path.realpath(seed_1 / "sweep.log")  # one process, one log
+    log = open(seed_0 / "sweep.log").read()
+    assert "training seeds 0, 1 in lockstep" in log and "injected failure for seed 1" in log
+    assert (seed_1 / "checkpoints" / "on_exception.ckpt").exists() or (seed_1 / "checkpoints" / "last.ckpt").exists()
+
+    second = subprocess.run(command + tiny, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "coma seed 0: skipped (done before)" in second.stdout and "coma seed 1: done" in second.stdout
+    assert "Restored all states from the checkpoint" in open(seed_1 / "sweep.log").read()
+    assert not (seed_1 / sweep.FAILED).exists() and (seed_1 / sweep.DONE).exists()

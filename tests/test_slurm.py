@@ -87,35 +87,36 @@ def layout(directory: str) -> set[str]:
 
 
 def test_a_sweep_submitted_through_sbatch_completes_laid_out_as_a_local_sweep(cluster, tmp_path):
+    """A run's two seeds go as one task (one process, ``dmac fit --seeds``), asking for twice a run's time; each
+    seed lands in its own folder as the local launcher lays it out."""
     root = str(tmp_path / "runs")
     started = time.monotonic()
     submitted = sweep(cluster, "--name", "pair", "--algorithms", "coma", "--seeds", "0", "1", "--root", root,
                       "--launcher", "slurm", "--cpus-per-run", "1", "--time", "10", "--", *TINY, "--data.max_env_steps", "400")
     assert time.monotonic() - started < 60  # returns once submitted, not when trained
     jobs = job_ids(submitted.stdout)
-    assert len(jobs) == 2 and all(jobs), submitted.stdout
-    queued = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], env=cluster, capture_output=True, text=True).stdout.split()
-    assert set(jobs) <= set(queued) or any(
-        os.path.exists(os.path.join(root, "pair", "coma", f"seed_{s}", "done.json")) for s in (0, 1)
-    )
+    assert len(jobs) == 1 and all(jobs) and "coma seed 0, 1: job" in submitted.stdout, submitted.stdout
+    shown = subprocess.run(["scontrol", "-o", "show", "job", jobs[0]], env=cluster, capture_output=True, text=True).stdout
+    assert "TimeLimit=00:20:00" in shown or os.path.exists(os.path.join(root, "pair", "coma", "seed_0", "done.json")), shown
 
     done = [os.path.join(root, "pair", "coma", f"seed_{s}", "done.json") for s in (0, 1)]
     wait_until(lambda: all(map(os.path.exists, done)), 300, "both runs' done.json", cluster)
     assert {run: state for run, (state, _) in status(cluster, root, "pair").items()} == {("coma", 0): "done", ("coma", 1): "done"}
 
-    # The same run through the local launcher: the same files (plus the SLURM job record), the same events.
+    # The same seeds through the local launcher: the same files (plus the SLURM job record), the same events.
     local_root = str(tmp_path / "local")
-    sweep(dict(cluster), "--name", "pair", "--algorithms", "coma", "--seeds", "0", "--root", local_root, "--",
+    sweep(dict(cluster), "--name", "pair", "--algorithms", "coma", "--seeds", "0", "1", "--root", local_root, "--",
           *TINY, "--data.max_env_steps", "400")
-    run_dir, local_dir = os.path.join(root, "pair", "coma", "seed_0"), os.path.join(local_root, "pair", "coma", "seed_0")
-    assert layout(run_dir) == layout(local_dir) | {slurm_launcher.SLURM_JOB}
-    tags = {}
-    for directory in (run_dir, local_dir):
-        events = EventAccumulator(directory)
-        events.Reload()
-        tags[directory] = set(events.Tags()["scalars"])
-        assert max(e.step for e in events.Scalars("train/episode_return")) >= 400
-    assert tags[run_dir] == tags[local_dir]
+    for seed in (0, 1):
+        run_dir, local_dir = (os.path.join(base, "pair", "coma", f"seed_{seed}") for base in (root, local_root))
+        assert layout(run_dir) == layout(local_dir) | {slurm_launcher.SLURM_JOB}
+        tags = {}
+        for directory in (run_dir, local_dir):
+            events = EventAccumulator(directory)
+            events.Reload()
+            tags[directory] = set(events.Tags()["scalars"])
+            assert max(e.step for e in events.Scalars("train/episode_return")) >= 400
+        assert tags[run_dir] == tags[local_dir]
 
 
 def test_a_run_stopped_by_sigterm_requeues_and_resumes_to_its_full_budget(cluster, tmp_path):

@@ -1,7 +1,8 @@
 """Runs of a sweep: one (config files, seed) as an ordinary ``dmac fit`` in its own folder, claimed by one
-process at a time, resumed from its newest checkpoint, marked done or failed. The local launcher
-(``experiments/sweep.py``) and the SLURM launcher (``experiments/slurm.py``) both run runs through this
-module; it imports neither.
+process at a time, resumed from its newest checkpoint, marked done or failed. Several seeds of one run
+train in one process (``dmac fit --seeds``, each seed still in its own folder) when grouped
+(:func:`groups`). The local launcher (``experiments/sweep.py``) and the SLURM launcher
+(``experiments/slurm.py``) both run runs through this module; it imports neither.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Callable
 
 from callbacks.checkpoint import CrashCheckpoint
 from dmac_lightning.algorithms import NAMES, algorithm
+from dmac_lightning.lockstep import SEED_RESULT
 
 DONE = "done.json"
 CLAIM = "running.json"
@@ -65,20 +67,46 @@ def plan(configs: list[str] | dict[str, tuple[str, ...]], seeds: list[int], vary
     ]
 
 
-def command(run: Run, root: str, name: str, extra: list[str]) -> list[str]:
-    directory = run.directory(root, name)
+def groups(runs: list[Run], seeds_per_process: int | None = None) -> list[list[Run]]:
+    """The runs that train together in one process: the seeds of one run (same label, config files and
+    arguments), ``seeds_per_process`` at a time (None: all of them), in plan order."""
+    if seeds_per_process is not None and seeds_per_process < 1:
+        raise ValueError(f"--seeds-per-process must be at least 1; got {seeds_per_process}")
+    by_run: dict[tuple, list[Run]] = {}
+    for run in runs:
+        by_run.setdefault((run.label, run.configs, run.arguments), []).append(run)
+    size = seeds_per_process
+    return [seeds[i : i + (size or len(seeds))] for seeds in by_run.values() for i in range(0, len(seeds), size or len(seeds))]
+
+
+def _newest_checkpoint(directory: str) -> str | None:
     # The newer of the last epoch's checkpoint and the one a crash wrote.
     saved = [os.path.join(directory, "checkpoints", f) for f in ("last.ckpt", CrashCheckpoint.FILENAME)]
     saved = [path for path in saved if os.path.exists(path)]
-    resume = ["--ckpt_path", max(saved, key=os.path.getmtime)] if saved else []
+    return max(saved, key=os.path.getmtime) if saved else None
+
+
+def command(run: Run | list[Run], root: str, name: str, extra: list[str]) -> list[str]:
+    """``dmac fit`` for one run, or for several seeds of one run in one process (``--seeds s1,s2,...``), each
+    resuming from its newest checkpoint when it has one."""
+    group = run if isinstance(run, list) else [run]
+    first = group[0]
+    if len(group) == 1:
+        saved = _newest_checkpoint(first.directory(root, name))
+        seeds = ["--seed_everything", str(first.seed)]
+        version, resume = f"seed_{first.seed}", (["--ckpt_path", saved] if saved else [])
+    else:
+        seeds = ["--seeds", ",".join(str(r.seed) for r in group)]
+        version = "seed_{seed}"  # each seed in its own folder, as a run alone would be
+        resume = ["--ckpt_path", "last"] if any(_newest_checkpoint(r.directory(root, name)) for r in group) else []
     return [
-        sys.executable, "-m", "dmac_lightning", "fit", *(arg for path in run.configs for arg in ("--config", path)),
-        "--seed_everything", str(run.seed),
+        sys.executable, "-m", "dmac_lightning", "fit", *(arg for path in first.configs for arg in ("--config", path)),
+        *seeds,
         "--trainer.logger.init_args.save_dir", os.path.join(root, name),
-        "--trainer.logger.init_args.name", run.label,
-        "--trainer.logger.init_args.version", f"seed_{run.seed}",
+        "--trainer.logger.init_args.name", first.label,
+        "--trainer.logger.init_args.version", version,
         "--trainer.enable_progress_bar", "false",
-        *run.arguments, *extra, *resume,
+        *first.arguments, *extra, *resume,
     ]
 
 
@@ -139,41 +167,88 @@ def execute(
     A run that fails leaves ``failed.json`` (its exit status and log) until it succeeds. ``job``: the SLURM
     task running it (``claim``); ``on_start`` gets the training process once it started; ``ignored_signals``:
     signals the training process ignores (meant for the process that starts it)."""
-    directory = run.directory(root, name)
-    if os.path.exists(os.path.join(directory, DONE)):
-        return run, 0, 0.0
-    os.makedirs(directory, exist_ok=True)
-    holder = claim(directory, job)
-    if holder is not None:
-        return run, f"running elsewhere: host {holder.get('host')}, pid {holder.get('pid')}", 0.0
+    return execute_group([run], root, name, extra, threads, job, on_start, ignored_signals)[0]
+
+
+def execute_group(
+    group: list[Run], root: str, name: str, extra: list[str], threads: int | None, job: str | None = None,
+    on_start: Callable[[subprocess.Popen], None] | None = None, ignored_signals: tuple[int, ...] = (),
+) -> list[tuple[Run, int | str, float]]:
+    """``execute`` for seeds of one run trained in one process (``dmac fit --seeds``): the seeds done before
+    are skipped, those another process holds are left to it, the rest train together; each seed is marked
+    done or failed by how it ended (``seed_result.json``, which ``dmac fit --seeds`` writes)."""
+    results: dict[Run, tuple[Run, int | str, float]] = {}
+    claimed: list[Run] = []
     try:
-        if os.path.exists(os.path.join(directory, DONE)):  # finished between our check and our claim
-            return run, 0, 0.0
-        environment = dict(os.environ)
-        if threads:
-            environment.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        argv = command(run, root, name, extra)
-        started = time.perf_counter()
-        with open(os.path.join(directory, "sweep.log"), "a") as log:
-            ignore = (lambda: [signal.signal(number, signal.SIG_IGN) for number in ignored_signals]) if ignored_signals else None
-            training = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=environment, preexec_fn=ignore)
-            if on_start is not None:
-                on_start(training)
+        for run in group:
+            directory = run.directory(root, name)
+            if os.path.exists(os.path.join(directory, DONE)):
+                results[run] = (run, 0, 0.0)
+                continue
+            os.makedirs(directory, exist_ok=True)
+            holder = claim(directory, job)
+            if holder is not None:
+                results[run] = (run, f"running elsewhere: host {holder.get('host')}, pid {holder.get('pid')}", 0.0)
+            elif os.path.exists(os.path.join(directory, DONE)):  # finished between our check and our claim
+                _remove(os.path.join(directory, CLAIM))
+                results[run] = (run, 0, 0.0)
+            else:
+                claimed.append(run)
+        if claimed:
+            results.update({run: outcome for run, outcome in zip(claimed, _train(claimed, root, name, extra, threads, job, on_start, ignored_signals))})
+    finally:
+        for run in claimed:
+            _remove(os.path.join(run.directory(root, name), CLAIM))
+    return [results[run] for run in group]
+
+
+def _train(
+    group: list[Run], root: str, name: str, extra: list[str], threads: int | None, job: str | None,
+    on_start: Callable[[subprocess.Popen], None] | None, ignored_signals: tuple[int, ...],
+) -> list[tuple[Run, int, float]]:
+    directories = [run.directory(root, name) for run in group]
+    environment = dict(os.environ)
+    if threads:
+        environment.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    argv = command(group if len(group) > 1 else group[0], root, name, extra)
+    log_path = os.path.join(directories[0], "sweep.log")
+    if len(group) > 1:
+        # One log for the process, seen from every seed's folder as its sweep.log.
+        log_path = os.path.join(os.path.dirname(directories[0]), "sweep_seeds_" + "_".join(str(run.seed) for run in group) + ".log")
+        for directory in directories:
+            _remove(os.path.join(directory, SEED_RESULT))
+            _remove(os.path.join(directory, "sweep.log"))
+            os.symlink(os.path.relpath(log_path, directory), os.path.join(directory, "sweep.log"))
+    started = time.perf_counter()
+    with open(log_path, "a") as log:
+        ignore = (lambda: [signal.signal(number, signal.SIG_IGN) for number in ignored_signals]) if ignored_signals else None
+        training = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=environment, preexec_fn=ignore)
+        if on_start is not None:
+            on_start(training)
+        for directory in directories:
             with open(os.path.join(directory, CLAIM + ".new"), "w") as f:
                 json.dump({"host": socket.gethostname(), "pid": os.getpid(), "child": training.pid, **({"job": job} if job else {})}, f)
             os.replace(os.path.join(directory, CLAIM + ".new"), os.path.join(directory, CLAIM))  # never half-written
-            returncode = training.wait()
-        duration = time.perf_counter() - started
-        if returncode == 0:
+        returncode = training.wait()
+    duration = time.perf_counter() - started
+    outcomes = []
+    for run, directory in zip(group, directories):
+        status = returncode
+        if len(group) > 1:  # each seed by its own end; one the process did not report failed with the process
+            try:
+                with open(os.path.join(directory, SEED_RESULT)) as f:
+                    status = int(json.load(f)["exit"])
+            except (FileNotFoundError, ValueError, KeyError):
+                status = returncode or 1
+        if status == 0:
             with open(os.path.join(directory, DONE), "w") as f:
-                json.dump({"command": argv, "seconds": round(duration, 1)}, f, indent=1)
+                json.dump({"command": argv, "seconds": round(duration, 1), **({"seeds_in_process": len(group)} if len(group) > 1 else {})}, f, indent=1)
             _remove(os.path.join(directory, FAILED))
         else:
             with open(os.path.join(directory, FAILED), "w") as f:
-                json.dump({"exit": returncode, "log": os.path.join(directory, "sweep.log"), "job": job}, f, indent=1)
-        return run, returncode, duration
-    finally:
-        _remove(os.path.join(directory, CLAIM))
+                json.dump({"exit": status, "log": os.path.join(directory, "sweep.log"), "job": job}, f, indent=1)
+        outcomes.append((run, status, duration))
+    return outcomes
 
 
 def _remove(path: str) -> None:

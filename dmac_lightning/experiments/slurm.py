@@ -1,8 +1,11 @@
-"""``dmac-sweep --launcher slurm``: every run of a sweep as a task of one SLURM job array, through submitit.
+"""``dmac-sweep --launcher slurm``: the runs of a sweep as tasks of one SLURM job array, through submitit.
 
-A task runs its run exactly as the local launcher does (``execute``: the claim, ``dmac fit`` as a
-child process writing into ``<root>/<name>/<run>/seed_<s>/``, ``done.json`` at the end), so ``dmac-plots``
-and ``--status`` read either launcher's folders. What SLURM adds:
+A task runs a group of runs (the seeds of one run that train in one process, ``dmac fit --seeds``; by
+default all of its seeds, ``--seeds-per-process`` to change it) exactly as the local launcher does
+(``execute_group``: the claims, ``dmac fit`` as a child process writing into ``<root>/<name>/<run>/seed_<s>/``,
+``done.json`` at each seed's end), so ``dmac-plots`` and ``--status`` read either launcher's folders. A
+task's memory and time limit are a run's (``--mem``, ``--time``) times its seeds: seeds in one process
+keep a replay buffer each and train in turn. What SLURM adds:
 
 * **Stops and requeues.** When SLURM stops a task (``SIGTERM`` before the kill, as on preemptible
   partitions, by ``scancel --signal=TERM``, or at ``--time``; or submitit's ``USR2`` ``--signal-delay``
@@ -20,7 +23,9 @@ and ``--status`` read either launcher's folders. What SLURM adds:
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from dmac_lightning.experiments.runs import CLAIM, DONE, FAILED, Run, _alive, execute
+from dmac_lightning.experiments.runs import CLAIM, DONE, FAILED, Run, _alive, execute_group
 
 INSTALL = "pip install 'dmac-lightning[slurm]'   (or: pip install submitit)"
 SLURM_JOB = "slurm.json"
@@ -52,9 +57,10 @@ def task_id() -> str | None:
 
 @dataclass
 class SlurmRun:
-    """One run as a SLURM task (pickled by submitit; ``checkpoint`` is its preemption/time-limit hook)."""
+    """A group of runs (seeds of one run) as one SLURM task (pickled by submitit; ``checkpoint`` is its
+    preemption/time-limit hook)."""
 
-    run: Run
+    runs: list[Run]
     root: str
     name: str
     extra: list[str]
@@ -65,30 +71,38 @@ class SlurmRun:
     _stopped: bool = field(default=False, repr=False, compare=False)
 
     @property
-    def directory(self) -> str:
-        return self.run.directory(self.root, self.name)
+    def directories(self) -> list[str]:
+        return [run.directory(self.root, self.name) for run in self.runs]
+
+    @property
+    def what(self) -> str:
+        return f"{self.runs[0].label} seed {', '.join(str(run.seed) for run in self.runs)}"
 
     def __call__(self) -> int:
         os.chdir(self.cwd)
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)  # submitit's own handler ignores it
         try:
             # SLURM sends its warning (USR2) to every process of the task: the training must not die of it
-            _, returncode, _ = execute(
-                self.run, self.root, self.name, self.extra, self.threads, job=task_id(), on_start=self._started,
+            results = execute_group(
+                self.runs, self.root, self.name, self.extra, self.threads, job=task_id(), on_start=self._started,
                 ignored_signals=(signal.SIGUSR2,),
             )
         finally:
             signal.signal(signal.SIGTERM, previous)
-        if returncode == 0:
+        failed = [(run, returncode) for run, returncode, _ in results if returncode != 0]
+        if not failed:
             self._forget(FAILED)
             return 0
-        if isinstance(returncode, str):  # another live process holds the run
-            raise RuntimeError(f"{self.run.label} seed {self.run.seed}: {returncode}")
+        held = [returncode for _, returncode in failed if isinstance(returncode, str)]
+        if held:  # another live process holds a run
+            raise RuntimeError(f"{self.what}: {held[0]}")
         if self._stopped and self.requeues_left():
             self._forget(FAILED)
             self._requeue()
-        self._fail(returncode if not self._stopped else f"stopped by SLURM {self.restarts + 1} times (--max-requeues {self.max_requeues})")
-        raise RuntimeError(f"{self.run.label} seed {self.run.seed}: training exited with status {returncode}; see {self.log}")
+        for run, returncode in failed:
+            self._fail(run, returncode if not self._stopped else f"stopped by SLURM {self.restarts + 1} times (--max-requeues {self.max_requeues})")
+        statuses = ", ".join(f"seed {run.seed} exited with status {returncode}" for run, returncode in failed)
+        raise RuntimeError(f"{self.runs[0].label}: {statuses}; see {', '.join(self.log(run) for run, _ in failed)}")
 
     # -- SLURM stopping the task --------------------------------------------------------------
     def _started(self, child: subprocess.Popen) -> None:
@@ -112,9 +126,10 @@ class SlurmRun:
             if not _wait_for_exit(self._child.pid, timeout=300):
                 _signal(self._child.pid, signal.SIGKILL)
         if not self.requeues_left():
-            self._fail(f"stopped by SLURM {self.restarts + 1} times (--max-requeues {self.max_requeues})")
+            for run in self.runs:
+                self._fail(run, f"stopped by SLURM {self.restarts + 1} times (--max-requeues {self.max_requeues})")
             return None
-        return submitit.helpers.DelayedSubmission(SlurmRun(self.run, self.root, self.name, self.extra, self.threads, self.cwd, self.max_requeues))
+        return submitit.helpers.DelayedSubmission(SlurmRun(self.runs, self.root, self.name, self.extra, self.threads, self.cwd, self.max_requeues))
 
     @property
     def restarts(self) -> int:
@@ -125,31 +140,32 @@ class SlurmRun:
 
     def _requeue(self) -> None:
         job = task_id()
-        print(f"{self.run.label} seed {self.run.seed}: stopped by SLURM, checkpoint written; requeuing {job} "
+        print(f"{self.what}: stopped by SLURM, checkpoint written; requeuing {job} "
               f"(restart {self.restarts + 1} of at most {self.max_requeues})", flush=True)
         subprocess.run(["scontrol", "requeue", str(job)], check=True)
         sys.exit(-1)  # SLURM ends this incarnation; the requeued one resumes from the checkpoint
 
-    # -- what the run folder says -------------------------------------------------------------
-    @property
-    def log(self) -> str:
-        return os.path.join(self.directory, "sweep.log")
+    # -- what the run folders say -------------------------------------------------------------
+    def log(self, run: Run) -> str:
+        return os.path.join(run.directory(self.root, self.name), "sweep.log")
 
-    def _fail(self, reason: int | str) -> None:
+    def _fail(self, run: Run, reason: int | str) -> None:
+        directory = run.directory(self.root, self.name)
         try:
-            with open(os.path.join(self.directory, SLURM_JOB)) as f:
+            with open(os.path.join(directory, SLURM_JOB)) as f:
                 slurm_log = json.load(f).get("slurm_log", "")
         except (FileNotFoundError, ValueError):
             slurm_log = ""
-        record = {"job": task_id(), "exit": reason, "log": self.log, "slurm_log": slurm_log, "time": time.time()}
-        with open(os.path.join(self.directory, FAILED), "w") as f:
+        record = {"job": task_id(), "exit": reason, "log": self.log(run), "slurm_log": slurm_log, "time": time.time()}
+        with open(os.path.join(directory, FAILED), "w") as f:
             json.dump(record, f, indent=1)
 
     def _forget(self, filename: str) -> None:
-        try:
-            os.remove(os.path.join(self.directory, filename))
-        except FileNotFoundError:
-            pass
+        for directory in self.directories:
+            try:
+                os.remove(os.path.join(directory, filename))
+            except FileNotFoundError:
+                pass
 
 
 def _signal(pid: int, number: int) -> None:
@@ -176,7 +192,7 @@ def _wait_for_exit(pid: int, timeout: float) -> bool:
 
 @dataclass(frozen=True)
 class Resources:
-    """What each run asks SLURM for."""
+    """What each run asks SLURM for (a task of several seeds: ``mem`` and ``time`` times its seeds)."""
 
     cpus: int = 1
     gpus: int = 0
@@ -187,7 +203,7 @@ class Resources:
     max_running: int | None = None
     sbatch: tuple[str, ...] = ()
 
-    def parameters(self, name: str, max_requeues: int) -> dict[str, Any]:
+    def parameters(self, name: str, max_requeues: int, seeds: int = 1) -> dict[str, Any]:
         extra = {}
         for option in self.sbatch:
             key, _, value = option.lstrip("-").partition("=")
@@ -203,9 +219,9 @@ class Resources:
         if self.gpus:
             parameters["gpus_per_node"] = self.gpus
         if self.mem:
-            parameters["mem"] = self.mem
+            parameters["mem"] = scaled_memory(self.mem, seeds)
         if self.time:
-            parameters["time"] = minutes(self.time)
+            parameters["time"] = minutes(self.time) * seeds
             # warned in time to checkpoint: at most a quarter of a short limit before it (SLURM sends the signal
             # once the remaining time drops below the delay)
             parameters["signal_delay_s"] = min(self.signal_delay, max(10, parameters["time"] * 60 // 4))
@@ -214,6 +230,14 @@ class Resources:
         if self.max_running:
             parameters["array_parallelism"] = self.max_running
         return parameters
+
+
+def scaled_memory(value: str, factor: int) -> str:
+    """``--mem`` as sbatch takes it (``16G``, ``4000``: megabytes) times ``factor``."""
+    if factor == 1:
+        return value
+    number, unit = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*", value, re.IGNORECASE).groups()
+    return f"{math.ceil(float(number) * factor)}{unit.upper() or 'M'}"
 
 
 def minutes(value: str) -> int:
@@ -231,31 +255,38 @@ def minutes(value: str) -> int:
     return max(1, int(round(total)))
 
 
-def submit(runs: list[Run], root: str, name: str, extra: list[str], resources: Resources, max_requeues: int) -> list[str]:
-    """Submit ``runs`` (those not done yet) as one job array; returns each run's task id. Returns at once."""
+def submit(
+    groups: list[list[Run]], root: str, name: str, extra: list[str], resources: Resources, max_requeues: int
+) -> list[tuple[list[Run], str]]:
+    """Submit each group of runs (seeds trained in one process; the runs not done yet) as a task of a job
+    array; returns ``(group, task id)`` per task submitted. Returns at once."""
     submitit = require_submitit()
     root = os.path.abspath(root)
-    pending = [run for run in runs if not os.path.exists(os.path.join(run.directory(root, name), DONE))]
+    pending = [[run for run in group if not os.path.exists(os.path.join(run.directory(root, name), DONE))] for group in groups]
+    pending = [group for group in pending if group]
     if not pending:
         return []
-    executor = submitit.SlurmExecutor(folder=os.path.join(root, name, ".submitit", "%j"), max_num_timeout=max_requeues)
-    parameters = resources.parameters(name, max_requeues)
-    executor.update_parameters(**{k: v for k, v in parameters.items() if k != "max_num_timeout"})
     threads = resources.cpus
     cwd = os.getcwd()
-    with executor.batch():
-        jobs = [executor.submit(SlurmRun(run, root, name, list(extra), threads, cwd, max_requeues)) for run in pending]
-    ids = []
-    for run, job in zip(pending, jobs):
-        directory = run.directory(root, name)
-        os.makedirs(directory, exist_ok=True)
-        for stale in (FAILED,):
-            if os.path.exists(os.path.join(directory, stale)):
-                os.remove(os.path.join(directory, stale))
-        with open(os.path.join(directory, SLURM_JOB), "w") as f:
-            json.dump({"job": job.job_id, "submitted": time.time(), "slurm_log": str(job.paths.stdout)}, f, indent=1)
-        ids.append(job.job_id)
-    return ids
+    submitted = []
+    for size in sorted({len(group) for group in pending}):  # one array per task size: its resources scale with it
+        executor = submitit.SlurmExecutor(folder=os.path.join(root, name, ".submitit", "%j"), max_num_timeout=max_requeues)
+        parameters = resources.parameters(name, max_requeues, seeds=size)
+        executor.update_parameters(**{k: v for k, v in parameters.items() if k != "max_num_timeout"})
+        sized = [group for group in pending if len(group) == size]
+        with executor.batch():
+            jobs = [executor.submit(SlurmRun(group, root, name, list(extra), threads, cwd, max_requeues)) for group in sized]
+        submitted += list(zip(sized, jobs))
+    for group, job in submitted:
+        for run in group:
+            directory = run.directory(root, name)
+            os.makedirs(directory, exist_ok=True)
+            for stale in (FAILED,):
+                if os.path.exists(os.path.join(directory, stale)):
+                    os.remove(os.path.join(directory, stale))
+            with open(os.path.join(directory, SLURM_JOB), "w") as f:
+                json.dump({"job": job.job_id, "submitted": time.time(), "slurm_log": str(job.paths.stdout)}, f, indent=1)
+    return [(group, job.job_id) for group, job in submitted]
 
 
 # -- the status view -------------------------------------------------------------------------------

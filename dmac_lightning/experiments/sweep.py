@@ -14,6 +14,9 @@ time; an interrupted one resumes from its newest checkpoint. A run in progress h
 (host, the sweep's and its training's pids), so two sweeps over the same folder (say, one per core,
 or more seeds added while the first still runs) never train the same run at once; a claim whose
 processes have died is taken over.
+The seeds of one run train together in one process (``dmac fit --seeds``: in lockstep, each exactly the
+run it would be alone, each still in its own ``seed_<s>/`` folder with its own ``done.json``);
+``--seeds-per-process K`` splits them into processes of K seeds (1: a process per seed, as before).
 Arguments after ``--`` go to every run, after its config files (e.g.
 ``-- --config configs/studies/reduced_stochastic_game.yaml``).
 
@@ -21,7 +24,7 @@ Each run's torch/OpenMP threads: ``--threads``, by default the cores shared out 
 (all of them for one worker). Two sweeps side by side on a 2-core machine want ``--threads 1`` each:
 otherwise every run spins two threads on a core it shares.
 
-``--launcher slurm`` submits every run as a task of one SLURM job array instead (``experiments/slurm.py``:
+``--launcher slurm`` submits every process (a run's seeds) as a task of a SLURM job array instead (``experiments/slurm.py``:
 resources per run, pre-emption and requeue), into the same folders; ``--status`` shows every run of a
 sweep, from either launcher: done, running, pending, failed (with its logs). A failed run leaves
 ``failed.json`` until it succeeds.
@@ -36,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from dmac_lightning.algorithms import NAMES
 from dmac_lightning.experiments.runs import (  # noqa: F401  (re-exported: the sweep's API as before)
-    CLAIM, DONE, FAILED, Run, algorithm_configs, claim, command, execute, plan,
+    CLAIM, DONE, FAILED, Run, algorithm_configs, claim, command, execute, execute_group, groups, plan,
 )
 
 
@@ -55,12 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default=None,
                         help="with --algorithms: each algorithm's file from configs/algorithms/<PRESET>/ (e.g. authors: the DMAC authors' code's settings); runs are labelled <algorithm>-<PRESET>")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument(
+        "--seeds-per-process", type=int, default=None,
+        help="seeds of one run trained together in one process (dmac fit --seeds), each still in its own seed_<s> "
+        "folder; default: all of a run's seeds; 1: a process per seed",
+    )
     parser.add_argument("--vary", default=None, help="one setting over values, e.g. model.init_args.omega=0.1,1")
     parser.add_argument("--root", default="runs")
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
                         help="local: a pool of processes on this machine (default); slurm: one SLURM job array task per run, through submitit")
     local = parser.add_argument_group("--launcher local")
-    local.add_argument("--workers", type=int, default=1, help="runs at once (each its own process)")
+    local.add_argument("--workers", type=int, default=1, help="processes at once (each one run's seeds, --seeds-per-process)")
     local.add_argument(
         "--threads", type=int, default=None,
         help="torch/OpenMP threads per run (default: the cores shared out among --workers, all for one)",
@@ -68,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     cluster = parser.add_argument_group("--launcher slurm (each run asks for these)")
     cluster.add_argument("--cpus-per-run", type=int, default=1, help="CPUs per run (also its torch threads)")
     cluster.add_argument("--gpus-per-run", type=int, default=0)
-    cluster.add_argument("--mem", default=None, help="memory per run, as sbatch --mem takes it (e.g. 16G)")
-    cluster.add_argument("--time", default=None, help="time limit per job, as sbatch --time takes it (e.g. 4:00:00); a run stopped at it resumes")
+    cluster.add_argument("--mem", default=None, help="memory per run, as sbatch --mem takes it (e.g. 16G); a task of several seeds asks for it times its seeds")
+    cluster.add_argument("--time", default=None, help="time limit per run, as sbatch --time takes it (e.g. 4:00:00), times the seeds of a task; a run stopped at it resumes")
     cluster.add_argument("--partition", default=None)
     cluster.add_argument("--sbatch", action="append", default=[], metavar="OPTION=VALUE",
                          help="any other sbatch option, repeatable (e.g. --sbatch account=mygroup --sbatch qos=low)")
@@ -90,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--threads must be at least 1; got {args.threads}")
     if args.gpus_per_run not in (0, 1):
         parser.error(
-            f"--gpus-per-run must be 0 or 1; got {args.gpus_per_run}: a sweep runs one process per run (for a run "
+            f"--gpus-per-run must be 0 or 1; got {args.gpus_per_run}: a sweep runs one process per task (for a run "
             "on several GPUs, start dmac fit with srun, one task per GPU: README, Scaling)"
         )
     if args.max_requeues < 0:
@@ -102,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     runs = plan(configs, args.seeds, args.vary)
+    if args.seeds_per_process is not None and args.seeds_per_process < 1:
+        parser.error(f"--seeds-per-process must be at least 1; got {args.seeds_per_process}")
+    batches = groups(runs, args.seeds_per_process)
     if args.launcher == "slurm":
         from dmac_lightning.experiments import slurm
 
@@ -109,28 +120,30 @@ def main(argv: list[str] | None = None) -> int:
             args.cpus_per_run, args.gpus_per_run, args.mem, args.time, args.partition, args.signal_delay, args.max_running,
             tuple(args.sbatch),
         )
-        ids = slurm.submit(runs, args.root, args.name, extra, resources, args.max_requeues)
-        print(f"sweep {args.name}: {len(ids)} of {len(runs)} runs submitted to SLURM (the others are done), into {os.path.join(args.root, args.name)}")
-        done = {id(run) for run in runs if os.path.exists(os.path.join(run.directory(os.path.abspath(args.root), args.name), DONE))}
-        for run, job in zip((run for run in runs if id(run) not in done), ids):
-            print(f"  {run.label} seed {run.seed}: job {job}")
+        submitted = slurm.submit(batches, args.root, args.name, extra, resources, args.max_requeues)
+        count = sum(len(group) for group, _ in submitted)
+        print(f"sweep {args.name}: {count} of {len(runs)} runs submitted to SLURM in {len(submitted)} tasks (the others are done), "
+              f"into {os.path.join(args.root, args.name)}")
+        for group, job in submitted:
+            print(f"  {group[0].label} seed {', '.join(str(run.seed) for run in group)}: job {job}")
         print(f"watch it with: dmac-sweep --status --name {args.name}" + (f" --root {args.root}" if args.root != "runs" else ""))
         return 0
     threads = args.threads or (max(1, (os.cpu_count() or 1) // args.workers) if args.workers > 1 else None)
-    print(f"sweep {args.name}: {len(runs)} runs, {args.workers} at a time, into {os.path.join(args.root, args.name)}")
-    failures = 0
+    print(f"sweep {args.name}: {len(runs)} runs in {len(batches)} processes, {args.workers} at a time, into {os.path.join(args.root, args.name)}")
+    failures, index = 0, 0
     with ThreadPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(execute, run, args.root, args.name, extra, threads) for run in runs]
-        for index, future in enumerate(futures, 1):
-            run, returncode, duration = future.result()
-            if isinstance(returncode, str):
-                status = f"skipped ({returncode})"
-            elif returncode == 0:
-                status = "skipped (done before)" if duration == 0 else "done"
-            else:
-                status = f"FAILED (exit {returncode}, see sweep.log)"
-                failures += 1
-            print(f"[{index}/{len(runs)}] {run.label} seed {run.seed}: {status} {duration:.0f} s", flush=True)
+        futures = [pool.submit(execute_group, group, args.root, args.name, extra, threads) for group in batches]
+        for future in futures:
+            for run, returncode, duration in future.result():
+                index += 1
+                if isinstance(returncode, str):
+                    status = f"skipped ({returncode})"
+                elif returncode == 0:
+                    status = "skipped (done before)" if duration == 0 else "done"
+                else:
+                    status = f"FAILED (exit {returncode}, see sweep.log)"
+                    failures += 1
+                print(f"[{index}/{len(runs)}] {run.label} seed {run.seed}: {status} {duration:.0f} s", flush=True)
     return 1 if failures else 0
 
 
