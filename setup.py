@@ -15,6 +15,8 @@ setup(
         "jsonargparse[signatures]>=4.39,<5",
         "numpy",
         "scipy",
+        # dmac fit --seeds: each seed's run a greenlet, handing over at collects (dmac_lightning/lockstep.py)
+        "greenlet>=3",
         # dmac-plots' statistics (IQM, stratified bootstrap CIs, probability of improvement, performance profiles)
         "rliable>=1.2",
         # rliable's bootstrap is arch's, and arch 7 fails against pandas 3 (pandas.util deprecate_kwarg changed)

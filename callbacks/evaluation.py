@@ -10,6 +10,7 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info
 
+from dmac_lightning import lockstep
 from dmac_lightning.evaluation import Evaluator
 from dmac_lightning.loggers import log_metrics
 from dmac_lightning.rendering import log_animation, replay_directory, require_drawing
@@ -109,7 +110,7 @@ class Evaluation(pl.Callback):
         log_metrics(trainer, {**{f"eval/{k}": v for k, v in metrics.items()}, **logged}, step=steps)
         self.keep_if_best(trainer, metrics, steps)
         record(trainer, pl_module, self.evaluator, f"eval_{steps}", tag="eval", step=steps)
-        rank_zero_info(f"eval @ {steps} env steps: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+        rank_zero_info(f"{lockstep.message_prefix()}eval @ {steps} env steps: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         return metrics
 
     def keep_if_best(self, trainer: pl.Trainer, metrics: dict[str, float], steps: int) -> None:

@@ -38,6 +38,11 @@ def pause() -> None:
         _running.hub.switch()
 
 
+def message_prefix() -> str:
+    """``"seed <s>: "`` while a lockstep group runs (so that interleaved messages say whose they are), else ``""``."""
+    return f"seed {os.environ.get('PL_GLOBAL_SEED', '?')}: " if _running is not None and _running.current is not None else ""
+
+
 @dataclass
 class ProcessState:
     """The process-wide state one seed's run reads and changes: saved when it hands over, put back when it resumes."""

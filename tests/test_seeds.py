@@ -162,7 +162,7 @@ def test_one_seed_diverging_stops_alone_and_says_so(tmp_path, capsys):
     assert "(the other seeds go on)" in err  # the first to stop said the others continue
 
 
-def test_a_failing_seed_does_not_stop_the_others(tmp_path, capsys):
+def test_a_failing_seed_does_not_stop_the_others(tmp_path, capsys, caplog):
     """One seed's crash (an injected error at a seed-specific point) ends that seed; the other trains to its budget."""
     root = str(tmp_path)
     status = fit(
@@ -172,6 +172,7 @@ def test_a_failing_seed_does_not_stop_the_others(tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 1
     assert "seed 1: failed: RuntimeError: injected failure for seed 1" in err and "seed 0: finished" in err
+    assert "seed 0: eval @ 0 env steps" in caplog.text and "seed 1: eval @ 0 env steps" in caplog.text  # whose it is
     (finished,) = glob.glob(os.path.join(root, "*", "*", "version_0", "seed_0", "checkpoints", "last.ckpt"))
     assert torch.load(finished, weights_only=True)["EpisodeDataModule"]["env_steps"] >= 80
     (crashed,) = glob.glob(os.path.join(root, "*", "*", "version_0", "seed_1", "checkpoints", "on_exception.ckpt"))
