@@ -369,11 +369,13 @@ class DMACCLI(LightningCLI):
 STOPPED_BY_SIGTERM = 143
 
 
-def fit_seeds(args: list[str], seeds: int | list[int]) -> int:
+def fit_seeds(args: list[str], seeds: int | list[int], from_command_line: bool = False) -> int:
     """``dmac fit ... --seeds``: each seed set up exactly as its own ``dmac fit --seed_everything s`` would be,
     then all trained in lockstep (``dmac_lightning.lockstep``). A seed that diverges or fails stops alone, says
     so, and the others go on. Each seed's end goes to ``seed_result.json`` in its folder. Exit status: 0 when
-    every seed finished, 143 when one was stopped by SIGTERM (resume with ``--ckpt_path last``), else 1."""
+    every seed finished, 143 when one was stopped by SIGTERM (resume with ``--ckpt_path last``), else 1.
+    ``from_command_line``: ``args`` are this process's command line (less ``--seeds``), parsed from ``sys.argv``
+    as a plain ``dmac fit`` would be."""
     from dmac_lightning.lockstep import Lockstep, ProcessState
 
     if not args or args[0] != "fit":
@@ -382,10 +384,21 @@ def fit_seeds(args: list[str], seeds: int | list[int]) -> int:
     explicit = seeds if isinstance(seeds, list) else None
     group = SeedGroup(explicit or [], count=0 if explicit else seeds)
     first_args = args + (["--seed_everything", str(explicit[0])] if explicit else [])
-    first = DMACCLI(args=first_args, group=group, group_index=0)
+
+    def build(seed_args: list[str], index: int) -> DMACCLI:
+        if not from_command_line:
+            return DMACCLI(args=seed_args, group=group, group_index=index)
+        typed = list(sys.argv)
+        sys.argv[1:] = seed_args  # as if this seed's dmac fit had been typed
+        try:
+            return DMACCLI(group=group, group_index=index)
+        finally:
+            sys.argv[:] = typed
+
+    first = build(first_args, 0)
     clis, states = [first], [ProcessState()]
     for index, seed in enumerate(group.seeds[1:], 1):
-        clis.append(DMACCLI(args=args + ["--seed_everything", str(seed)], group=group, group_index=index))
+        clis.append(build(args + ["--seed_everything", str(seed)], index))
         states.append(ProcessState())  # right after the seed's own seed_everything and model construction
     folders = {seed: cli.trainer.log_dir for seed, cli in zip(group.seeds, clis)}
     sys.stderr.write(f"training seeds {', '.join(map(str, group.seeds))} in lockstep, into {os.path.dirname(folders[group.seeds[0]])}\n")
@@ -428,17 +441,16 @@ def _seed_status(error: BaseException | None) -> tuple[int, str]:
 
 
 def main(args: list[str] | None = None) -> None:
-    args = list(sys.argv[1:] if args is None else args)
     try:
         try:
-            seeds, args = split_seeds_option(args)
+            seeds, rest = split_seeds_option(list(sys.argv[1:] if args is None else args))
         except ConfigError as error:
             sys.stderr.write(f"error: {error}\n")
             raise SystemExit(2) from None
         if seeds is None:
             DMACCLI(args=args)
         else:
-            raise SystemExit(fit_seeds(args, seeds))
+            raise SystemExit(fit_seeds(rest, seeds, from_command_line=args is None))
     except NonFiniteError as error:  # a diverged run: the message says it all, no traceback
         sys.stderr.write(f"error: {error}\n")
         raise SystemExit(1) from None

@@ -21,6 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import SMALL_GAME, config_args
 from dmac_lightning.algorithms import NAMES
 from dmac_lightning.cli import SEED_RESULT, main, split_seeds_option
+from dmac_lightning.experiments import plots
 
 TOLERANCE = 1e-9
 GAME = [
@@ -97,6 +98,9 @@ def compare_with_separate_runs(tmp_path, algorithm: str, env_args: list[str], se
         assert fit(*env_args, "--trainer.logger.init_args.save_dir", separate, "--seed_everything", str(seed)) == 0
         (separate_dir,) = glob.glob(os.path.join(separate, "*", "*", "version_0"))
         assert_same(outputs(group_dir), outputs(separate_dir), f"{algorithm} seed {seed}")
+    # dmac-plots reads the group as one run of len(seeds) seeds (``<Algorithm>/version_0/seed_<s>``).
+    (algorithm_dir,) = {os.path.dirname(os.path.dirname(d)) for d in group_dirs}
+    assert {label: len(run.seeds) for label, run in plots.load(algorithm_dir).items()} == {"version_0": len(seeds)}
     # Different seeds really differ: the comparison above could not pass by every seed being the same run.
     first, second = (outputs(d) for d in group_dirs)
     assert any(not torch.equal(first["weights"][k], second["weights"][k]) for k in first["weights"] if first["weights"][k].is_floating_point())
