@@ -411,7 +411,7 @@ def fit_seeds(args: list[str], seeds: int | list[int], from_command_line: bool =
     def report(seed: int, outcome: Any) -> None:
         status, message = _seed_status(outcome.error)
         statuses[seed] = status
-        others = " (the other seeds go on)" if len(statuses) < len(group.seeds) and status != 0 else ""
+        others = " (the other seeds go on)" if len(statuses) < len(group.seeds) and status == 1 and lockstep.stop is None else ""
         if status == 0:
             sys.stderr.write(f"seed {seed}: finished, in {folders[seed]}\n")
         else:

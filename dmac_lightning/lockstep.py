@@ -14,12 +14,15 @@ signal handlers), and a hand-over happens only where a seed asks for it.
 from __future__ import annotations
 
 import os
+import signal
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from greenlet import greenlet
+from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from datamodules.rng import restore_rng_state, rng_state
 
@@ -33,9 +36,20 @@ _running: Lockstep | None = None
 
 
 def pause() -> None:
-    """Let the other seeds of a lockstep group take their turn (nothing outside a group)."""
+    """Let the other seeds of a lockstep group take their turn (nothing outside a group). Where the group is
+    stopping (SIGTERM, Ctrl-C), raise what stops the seed instead."""
     if _running is not None and _running.current is not None:
+        if _running.stop is not None:
+            raise _running.stop()
         _running.hub.switch()
+
+
+def _install_sigterm(handler: Any) -> Any:
+    """Make ``handler`` SIGTERM's; returns the one it replaces (None off the main thread, where signals cannot be set)."""
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return None
 
 
 def message_prefix() -> str:
@@ -93,46 +107,59 @@ class Lockstep:
         self.tasks: list[_Task] = []
         self.current: _Task | None = None
         self.hub: greenlet | None = None
+        self.stop: type[BaseException] | None = None  # what stops every seed at its next turn (SIGTERM, Ctrl-C)
 
     def add(self, key: Any, run: Callable[[], Any], state: ProcessState) -> None:
         """``state``: the process state the task starts from (taken right after its run was set up)."""
         self.tasks.append(_Task(key, run, state))
 
     def run(self, on_end: Callable[[Any, Outcome], None] | None = None) -> dict[Any, Outcome]:
+        """Run every task to its end; ``on_end(key, outcome)`` as each ends. SIGTERM stops every seed as it
+        stops a run alone (Lightning's ``SIGTERMException`` at its next hand-over: its crash checkpoint is
+        written); so does Ctrl-C once it has stopped one seed (the others get a ``KeyboardInterrupt``)."""
         global _running
         if _running is not None:
             raise RuntimeError("a lockstep group is already running in this process")
         _running, self.hub = self, greenlet.getcurrent()
-        outside = ProcessState()
+        self.stop = None
+        outside, previous_handler = ProcessState(), _install_sigterm(self._on_sigterm)
         try:
             for task in self.tasks:
                 task.greenlet = greenlet(self._body(task), parent=self.hub)
             pending = list(self.tasks)
-            interrupted = False
             while pending:
                 for task in list(pending):
                     self.current = task
                     task.state.restore()
-                    if interrupted and not task.greenlet:  # not started: it never will
-                        task.outcome = Outcome(KeyboardInterrupt(), "interrupted before it started")
+                    if self.stop is not None and not task.greenlet:  # not started: it never will
+                        task.outcome = Outcome(self.stop(), "stopped before it started")
                         task.greenlet = greenlet(lambda: None, parent=self.hub)
                         task.greenlet.switch()
-                    elif interrupted:  # Ctrl-C stopped one seed: stop the others the way Lightning stops a run
-                        task.greenlet.throw(KeyboardInterrupt)
+                    elif self.stop is not None:
+                        task.greenlet.throw(self.stop)
                     else:
                         task.greenlet.switch()  # back here when the task pauses or ends
                     task.state.save()
                     self.current = None
+                    # A seed's Trainer puts back, when it ends, the SIGTERM handler it found: keep the group's.
+                    _install_sigterm(self._on_sigterm)
                     if task.greenlet.dead:
                         pending.remove(task)
                         # Lightning turns a KeyboardInterrupt into exactly SystemExit(1) after its graceful shutdown.
-                        interrupted = interrupted or type(task.outcome.error) in (SystemExit, KeyboardInterrupt)
+                        if self.stop is None and type(task.outcome.error) in (SystemExit, KeyboardInterrupt):
+                            self.stop = KeyboardInterrupt
                         if on_end is not None:
                             on_end(task.key, task.outcome)
         finally:
             self.current, _running = None, None
             outside.restore()
+            if previous_handler is not None:
+                _install_sigterm(previous_handler)
         return {task.key: task.outcome for task in self.tasks}
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        rank_zero_info("[lockstep] received SIGTERM: every seed stops at its next collect, writing its checkpoint")
+        self.stop = self.stop or SIGTERMException
 
     @staticmethod
     def _body(task: _Task) -> Callable[[], None]:

@@ -244,3 +244,30 @@ def test_seeds_advance_in_lockstep(tmp_path):
     for seed, steps in order:
         newest[seed] = steps
         assert max(newest.values()) - min(newest.values()) <= 20, order  # one collect: 4 episodes of 5 steps
+
+
+def test_sigterm_stops_every_seed_with_its_checkpoint_and_resume_finishes_them(tmp_path):
+    """What SLURM's pre-emption does to a task of several seeds: every seed writes its crash checkpoint, the
+    process exits 143 (not 0: a sweep must not take it for finished), and ``--ckpt_path last`` finishes each."""
+    import subprocess
+
+    from conftest import dmac_command
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    common = [*config_args("coma_dmac"), *GAME, "--seeds", "2", "--data.max_env_steps", "400", "--data.env_steps_per_epoch", "100"]
+    kill = ["--trainer.callbacks+", json.dumps({"class_path": "run_probes.KillAt", "init_args": {"env_steps": 160, "signal_name": "SIGTERM"}})]
+    stopped = subprocess.run(dmac_command("fit", *common, *kill), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    for seed in (0, 1):
+        run_dir = tmp_path / "lightning_logs" / "stochastic_game" / "ComaDmac" / "version_0" / f"seed_{seed}"
+        assert f"seed {seed}: stopped by SIGTERM" in stopped.stderr
+        assert json.load(open(run_dir / SEED_RESULT))["exit"] == 143
+        assert torch.load(run_dir / "checkpoints" / "on_exception.ckpt", weights_only=True)["EpisodeDataModule"]["env_steps"] < 400
+    assert "go on" not in stopped.stderr  # a stop of the group, not of one seed
+    resumed = subprocess.run(dmac_command("fit", *common, "--ckpt_path", "last"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for seed in (0, 1):
+        run_dir = tmp_path / "lightning_logs" / "stochastic_game" / "ComaDmac" / "version_0" / f"seed_{seed}"
+        assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["EpisodeDataModule"]["env_steps"] >= 400
+        assert "on_exception.ckpt" in resumed.stderr + resumed.stdout
