@@ -90,3 +90,11 @@ class CrashCheckpoint(pl.Callback):
                 trainer.strategy.checkpoint_io.save_checkpoint(state, os.path.join(directory, self.FILENAME))
         except Exception as error:  # the original exception matters more than this one
             rank_zero_warn(f"could not write {self.FILENAME} after {type(exception).__name__}: {error}")
+
+
+def newest_resumable(run_dir: str) -> str | None:
+    """The checkpoint a run in ``run_dir`` resumes from: the newer of the last epoch's (``last.ckpt``) and the
+    one a crash wrote (``on_exception.ckpt``) in ``run_dir/checkpoints``; None when it has neither."""
+    saved = [os.path.join(run_dir, "checkpoints", name) for name in ("last.ckpt", CrashCheckpoint.FILENAME)]
+    saved = [path for path in saved if os.path.exists(path)]
+    return max(saved, key=os.path.getmtime) if saved else None

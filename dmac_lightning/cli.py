@@ -24,12 +24,12 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from callbacks import Evaluation, RLProgressBar
-from callbacks.checkpoint import CrashCheckpoint, EnvStepCheckpoint
+from callbacks.checkpoint import CrashCheckpoint, EnvStepCheckpoint, newest_resumable
 from callbacks.evaluation import BEST_FILENAME
 from datamodules import EpisodeDataModule
 from dmac_lightning.algorithms import ALGORITHMS, MultiAgentModule
 from dmac_lightning.checkpoints import RenamedSettingError, upgrade_settings
-from dmac_lightning.lockstep import SEED_RESULT
+from dmac_lightning.lockstep import SEED_RESULT, Lockstep, ProcessState
 from dmac_lightning.nonfinite import NonFiniteError
 
 LOG_ROOT = "lightning_logs"
@@ -81,13 +81,6 @@ def newest_run_checkpoint(save_dir: str, name: str, best: bool = False, seed: in
         return None
     newest = max(candidates, key=os.path.getmtime)
     return newest, os.path.relpath(os.path.dirname(os.path.dirname(newest)), os.path.join(save_dir, name))
-
-
-def newest_checkpoint_in(directory: str) -> str | None:
-    """The newer of ``last.ckpt`` and ``on_exception.ckpt`` in ``directory/checkpoints``, if any."""
-    saved = [os.path.join(directory, "checkpoints", f) for f in ("last.ckpt", CrashCheckpoint.FILENAME)]
-    saved = [path for path in saved if os.path.exists(path)]
-    return max(saved, key=os.path.getmtime) if saved else None
 
 
 def next_version(save_dir: str, name: str) -> str:
@@ -361,7 +354,7 @@ class DMACCLI(LightningCLI):
         for init_args in loggers:
             init_args.version = group.folder(seed)
         if wanted == "last":
-            config.ckpt_path = newest_checkpoint_in(os.path.join(first.save_dir, first.name, group.folder(seed)))
+            config.ckpt_path = newest_resumable(os.path.join(first.save_dir, first.name, group.folder(seed)))
 
 
 # Exit status of a run stopped by SIGTERM (128 + 15, as a shell reports it): not 0, so that a sweep (local or
@@ -376,8 +369,6 @@ def fit_seeds(args: list[str], seeds: int | list[int], from_command_line: bool =
     every seed finished, 143 when one was stopped by SIGTERM (resume with ``--ckpt_path last``), else 1.
     ``from_command_line``: ``args`` are this process's command line (less ``--seeds``), parsed from ``sys.argv``
     as a plain ``dmac fit`` would be."""
-    from dmac_lightning.lockstep import Lockstep, ProcessState
-
     if not args or args[0] != "fit":
         sys.stderr.write("error: --seeds goes with dmac fit (dmac test evaluates one checkpoint: give a seed's seed_<s>/checkpoints/...)\n")
         return 2
@@ -415,7 +406,7 @@ def fit_seeds(args: list[str], seeds: int | list[int], from_command_line: bool =
         if status == 0:
             sys.stderr.write(f"seed {seed}: finished, in {folders[seed]}\n")
         else:
-            if status == 1 and not isinstance(outcome.error, NonFiniteError):
+            if message.startswith("failed"):  # an error of the code or the setup: where it happened
                 sys.stderr.write(outcome.traceback)
             sys.stderr.write(f"seed {seed}: {message}{others}\n")
         os.makedirs(folders[seed], exist_ok=True)

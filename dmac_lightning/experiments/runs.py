@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from callbacks.checkpoint import CrashCheckpoint
+from callbacks.checkpoint import newest_resumable
 from dmac_lightning.algorithms import NAMES, algorithm
 from dmac_lightning.lockstep import SEED_RESULT
 
@@ -79,26 +79,19 @@ def groups(runs: list[Run], seeds_per_process: int | None = None) -> list[list[R
     return [seeds[i : i + (size or len(seeds))] for seeds in by_run.values() for i in range(0, len(seeds), size or len(seeds))]
 
 
-def _newest_checkpoint(directory: str) -> str | None:
-    # The newer of the last epoch's checkpoint and the one a crash wrote.
-    saved = [os.path.join(directory, "checkpoints", f) for f in ("last.ckpt", CrashCheckpoint.FILENAME)]
-    saved = [path for path in saved if os.path.exists(path)]
-    return max(saved, key=os.path.getmtime) if saved else None
-
-
 def command(run: Run | list[Run], root: str, name: str, extra: list[str]) -> list[str]:
     """``dmac fit`` for one run, or for several seeds of one run in one process (``--seeds s1,s2,...``), each
     resuming from its newest checkpoint when it has one."""
     group = run if isinstance(run, list) else [run]
     first = group[0]
     if len(group) == 1:
-        saved = _newest_checkpoint(first.directory(root, name))
+        saved = newest_resumable(first.directory(root, name))
         seeds = ["--seed_everything", str(first.seed)]
         version, resume = f"seed_{first.seed}", (["--ckpt_path", saved] if saved else [])
     else:
         seeds = ["--seeds", ",".join(str(r.seed) for r in group)]
         version = "seed_{seed}"  # each seed in its own folder, as a run alone would be
-        resume = ["--ckpt_path", "last"] if any(_newest_checkpoint(r.directory(root, name)) for r in group) else []
+        resume = ["--ckpt_path", "last"] if any(newest_resumable(r.directory(root, name)) for r in group) else []
     return [
         sys.executable, "-m", "dmac_lightning", "fit", *(arg for path in first.configs for arg in ("--config", path)),
         *seeds,
