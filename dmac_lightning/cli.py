@@ -323,6 +323,12 @@ class DMACCLI(LightningCLI):
         newest checkpoint there (none yet: that seed starts afresh)."""
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError(f"--seeds needs an integer seed_everything (the first seed); got {seed!r}")
+        devices, nodes = config.trainer.devices, config.trainer.num_nodes or 1
+        if not (str(devices) == "1" or (isinstance(devices, (list, tuple)) and len(devices) == 1)) or nodes != 1:
+            raise ConfigError(
+                f"--seeds trains its seeds in one process, on one device: trainer.devices must be 1 (got {devices!r}, "
+                f"num_nodes {nodes}); for seeds on several GPUs start one dmac fit --seeds per GPU"
+            )
         loggers = [init_args for init_args in loggers if init_args is not None and hasattr(init_args, "save_dir")]
         if not loggers:
             raise ConfigError("--seeds needs a logger (trainer.logger): each seed writes its events and checkpoints to its own folder")

@@ -209,6 +209,9 @@ def test_seeds_option_parsing_and_errors(tmp_path, capsys):
     status = fit(*config_args("coma_dmac"), *GAME, "--seeds", "2", "--ckpt_path", str(tmp_path / "x.ckpt"),
                  "--trainer.logger.init_args.save_dir", str(tmp_path))
     assert status == 2 and "with --seeds: give --ckpt_path last" in capsys.readouterr().err
+    status = fit(*config_args("coma_dmac"), *GAME, "--seeds", "2", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                 "--trainer.logger.init_args.save_dir", str(tmp_path))
+    assert status == 2 and "trainer.devices must be 1" in capsys.readouterr().err
     config = tmp_path / "seeds.yaml"
     config.write_text("seeds: '3'\n")
     status = fit(*config_args("coma_dmac"), *GAME, "--config", str(config), "--trainer.logger.init_args.save_dir", str(tmp_path))
