@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pairing", required=True, help="the name of the table and figure, e.g. a-dmac")
     parser.add_argument("--metric", choices=("return_ratio", "win_rate"), required=True)
     parser.add_argument("--theirs", action="append", required=True, metavar="NAME=DIR")
-    parser.add_argument("--ours", action="append", required=True, metavar="NAME=DIR")
+    parser.add_argument("--ours", action="append", default=[], metavar="NAME=DIR",
+                        help="ours; none: the table and figure of the --theirs runs alone (a pairing half run)")
     parser.add_argument("--every", type=float, default=5000)
     parser.add_argument("--level", type=float, default=0.5, help="the level whose first crossing is timed")
     parser.add_argument("--title", default="")
@@ -165,8 +166,9 @@ def main(argv: list[str] | None = None) -> None:
                  ", ".join(label(v) for v in figure["env steps to the level"])]
         lines.append(f"| {name} | {len(groups[name])} | " + " | ".join(cells) + f" | {rate} |")
     reference = next(iter(figures))
-    lines += ["", f"Each against {reference} (difference, 95% CI, Welch p):", ""]
-    lines += ["| implementation | final | mean over the curve | env steps to reach the level |", "|---|---|---|---|"]
+    if len(figures) > 1:
+        lines += ["", f"Each against {reference} (difference, 95% CI, Welch p):", ""]
+        lines += ["| implementation | final | mean over the curve | env steps to reach the level |", "|---|---|---|---|"]
     for name, figure in list(figures.items())[1:]:
         cells = []
         for key in ("final", "mean over the curve", "env steps to the level"):
