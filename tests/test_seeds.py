@@ -274,3 +274,25 @@ def test_sigterm_stops_every_seed_with_its_checkpoint_and_resume_finishes_them(t
         run_dir = tmp_path / "lightning_logs" / "stochastic_game" / "ComaDmac" / "version_0" / f"seed_{seed}"
         assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["EpisodeDataModule"]["env_steps"] >= 400
         assert "on_exception.ckpt" in resumed.stderr + resumed.stdout
+
+
+def test_ctrl_c_stops_every_seed_with_its_checkpoint(tmp_path):
+    """Ctrl-C stops the seed it lands in the way Lightning stops a run; the group then stops the others the same
+    way (each writes its crash checkpoint), rather than training on."""
+    import subprocess
+
+    from conftest import dmac_command
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    interrupt = ["--trainer.callbacks+", json.dumps({"class_path": "run_probes.KillAt", "init_args": {"env_steps": 160, "signal_name": "SIGINT"}})]
+    stopped = subprocess.run(
+        dmac_command("fit", *config_args("coma_dmac"), *GAME, "--seeds", "2", "--data.max_env_steps", "400", *interrupt),
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert stopped.returncode == 1, stopped.stderr[-3000:]
+    assert "go on" not in stopped.stderr
+    for seed in (0, 1):
+        run_dir = tmp_path / "lightning_logs" / "stochastic_game" / "ComaDmac" / "version_0" / f"seed_{seed}"
+        assert f"seed {seed}: interrupted" in stopped.stderr
+        assert torch.load(run_dir / "checkpoints" / "on_exception.ckpt", weights_only=True)["EpisodeDataModule"]["env_steps"] < 400
