@@ -210,7 +210,11 @@ def _train(
         log_path = os.path.join(os.path.dirname(directories[0]), "sweep_seeds_" + "_".join(str(run.seed) for run in group) + ".log")
         for directory in directories:
             _remove(os.path.join(directory, SEED_RESULT))
-            _remove(os.path.join(directory, "sweep.log"))
+            own_log = os.path.join(directory, "sweep.log")
+            if os.path.islink(own_log):
+                _remove(own_log)
+            elif os.path.exists(own_log):  # a log of this seed trained alone before: kept, beside the shared one
+                os.replace(own_log, os.path.join(directory, f"sweep.{int(time.time())}.log"))
             os.symlink(os.path.relpath(log_path, directory), os.path.join(directory, "sweep.log"))
     started = time.perf_counter()
     with open(log_path, "a") as log:
