@@ -248,6 +248,30 @@ def _train(
     return outcomes
 
 
+def signal_process(pid: int, number: int) -> None:
+    """Send signal ``number`` to process ``pid`` unless it has ended already."""
+    try:
+        os.kill(pid, number)
+    except ProcessLookupError:
+        pass
+
+
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` runs: one that ended but is not reaped yet does not. Never reaps it (a child of
+    ours stays its ``Popen.wait``'s)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    except OSError:  # no /proc (macOS): whether the pid exists at all
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+
 def _remove(path: str) -> None:
     try:
         os.remove(path)

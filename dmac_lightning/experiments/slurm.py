@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from dmac_lightning.experiments.runs import CLAIM, DONE, FAILED, Run, _alive, execute_group
+from dmac_lightning.experiments.runs import CLAIM, DONE, FAILED, Run, _alive, execute_group, process_running, signal_process
 
 INSTALL = "pip install 'dmac-lightning[slurm]'   (or: pip install submitit)"
 SLURM_JOB = "slurm.json"
@@ -114,7 +114,7 @@ class SlurmRun:
         """SLURM stops the task: the training (which got the signal too) writes its checkpoint and exits."""
         self._stopped = True
         if self._child is not None:
-            _signal(self._child.pid, signal.SIGTERM)
+            signal_process(self._child.pid, signal.SIGTERM)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """submitit's hook on ``USR2`` (``--signal-delay`` before ``--time``, or a pre-emption notice): let
@@ -122,9 +122,9 @@ class SlurmRun:
         submitit = require_submitit()
         self._stopped = True
         if self._child is not None:
-            _signal(self._child.pid, signal.SIGTERM)
+            signal_process(self._child.pid, signal.SIGTERM)
             if not _wait_for_exit(self._child.pid, timeout=300):
-                _signal(self._child.pid, signal.SIGKILL)
+                signal_process(self._child.pid, signal.SIGKILL)
         if not self.requeues_left():
             for run in self.runs:
                 self._fail(run, f"stopped by SLURM {self.restarts + 1} times (--max-requeues {self.max_requeues})")
@@ -168,23 +168,11 @@ class SlurmRun:
                 pass
 
 
-def _signal(pid: int, number: int) -> None:
-    try:
-        os.kill(pid, number)
-    except ProcessLookupError:
-        pass
-
-
 def _wait_for_exit(pid: int, timeout: float) -> bool:
     """Whether process ``pid`` ended within ``timeout`` s, without reaping it (it stays ``Popen.wait``'s)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            return True
-        if state in ("Z", "X"):
+        if not process_running(pid):
             return True
         time.sleep(0.2)
     return False

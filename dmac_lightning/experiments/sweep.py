@@ -13,7 +13,8 @@ checkpoints to ``<root>/<name>/<run>/seed_<s>/`` (``<run>``: the algorithm's or 
 time; an interrupted one resumes from its newest checkpoint. A run in progress holds ``running.json``
 (host, the sweep's and its training's pids), so two sweeps over the same folder (say, one per core,
 or more seeds added while the first still runs) never train the same run at once; a claim whose
-processes have died is taken over.
+processes have died is taken over. Ctrl-C or SIGTERM (``kill``) stops the sweep: the runs in progress
+write their checkpoints and stop, no further run starts, and the same command resumes them.
 The seeds of one run train together in one process (``dmac fit --seeds``: in lockstep, each exactly the
 run it would be alone, each still in its own ``seed_<s>/`` folder with its own ``done.json``);
 ``--seeds-per-process K`` splits them into processes of K seeds (1: a process per seed, as before).
@@ -34,13 +35,87 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any
 
 from dmac_lightning.algorithms import NAMES
 from dmac_lightning.experiments.runs import (  # noqa: F401  (re-exported: the sweep's API as before)
-    CLAIM, DONE, FAILED, Run, algorithm_configs, claim, command, execute, execute_group, groups, plan,
+    CLAIM, DONE, FAILED, Run, algorithm_configs, claim, command, execute, execute_group, groups, plan, process_running,
+    signal_process,
 )
+
+NOT_STARTED = "not started: the sweep was stopped"
+
+
+class LocalStop:
+    """How a local sweep stops: ``SIGTERM`` (``kill``, a job scheduler) is passed on to every training it
+    started, which writes its checkpoint and exits; Ctrl-C reaches the trainings from the terminal itself.
+    Either way no further run starts, and the runs the stop ended stay resumable (no ``failed.json``: the
+    same command resumes them). Without this a killed sweep left its trainings running on, unseen."""
+
+    # The handler runs in the main thread while it waits on the workers: it signals and watches the trainings
+    # by pid, never through Popen (whose lock a worker holds inside ``wait``).
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._training: dict[Run, int] = {}
+        self._running_at_stop: set[int] = set()
+        self._terminated: set[int] = set()
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "LocalStop":
+        for number in (signal.SIGTERM, signal.SIGINT):
+            self._previous[number] = signal.signal(number, self._on_signal)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    @property
+    def stopped(self) -> bool:
+        return self.signum is not None
+
+    def execute_group(self, group: list[Run], *args: Any) -> list[tuple[Run, int | str, float]]:
+        if self.stopped:
+            return [(run, NOT_STARTED, 0.0) for run in group]
+        return execute_group(group, *args, on_start=lambda training: self._started(group, training.pid))
+
+    def ended_by_stop(self, run: Run) -> bool:
+        """Whether ``run``'s training was still running when the stop came (so the stop ended it)."""
+        return self._training.get(run) in self._running_at_stop
+
+    def forget_failure(self, run: Run, root: str, name: str) -> None:
+        try:
+            os.remove(os.path.join(run.directory(root, name), FAILED))
+        except FileNotFoundError:
+            pass
+
+    def _started(self, group: list[Run], pid: int) -> None:
+        self._training.update({run: pid for run in group})
+        if self.stopped:  # started while the stop was being handled
+            self._running_at_stop.add(pid)
+            if self.signum == signal.SIGTERM:
+                self._terminate(pid)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        first = not self.stopped
+        if first or signum == signal.SIGTERM:
+            self.signum = signum
+        running = {pid for pid in set(self._training.values()) if process_running(pid)}
+        self._running_at_stop |= running
+        if signum == signal.SIGTERM:
+            for pid in running:
+                self._terminate(pid)
+        if first:
+            print(f"sweep: {signal.Signals(signum).name}: the runs in progress write their checkpoints and stop; "
+                  "no further run starts (the same command resumes them)", flush=True)
+
+    def _terminate(self, pid: int) -> None:
+        if pid not in self._terminated:  # once: a second SIGTERM could cut short a checkpoint being written
+            self._terminated.add(pid)
+            signal_process(pid, signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,20 +206,32 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or (max(1, (os.cpu_count() or 1) // args.workers) if args.workers > 1 else None)
     print(f"sweep {args.name}: {len(runs)} runs in {len(batches)} processes, {args.workers} at a time, into {os.path.join(args.root, args.name)}")
     failures, index = 0, 0
-    with ThreadPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(execute_group, group, args.root, args.name, extra, threads) for group in batches]
+    with LocalStop() as stop, ThreadPoolExecutor(args.workers) as pool:
+        futures = [pool.submit(stop.execute_group, group, args.root, args.name, extra, threads) for group in batches]
         for future in futures:
+            while not future.done():
+                # Waiting in short slices: a signal may land on another thread of this process, and its
+                # handler runs only when the main thread next runs Python (an endless wait would hold it).
+                wait([future], timeout=0.5)
             for run, returncode, duration in future.result():
                 index += 1
-                if isinstance(returncode, str):
+                if returncode == NOT_STARTED:
+                    status = returncode
+                elif isinstance(returncode, str):
                     status = f"skipped ({returncode})"
                 elif returncode == 0:
                     status = "skipped (done before)" if duration == 0 else "done"
+                elif stop.ended_by_stop(run):  # stopped, not failed: --status shows it as stopped, resumable
+                    stop.forget_failure(run, args.root, args.name)
+                    status = "stopped (checkpoint written; the same command resumes it)"
                 else:
                     status = f"FAILED (exit {returncode}, see sweep.log)"
                     failures += 1
                 print(f"[{index}/{len(runs)}] {run.label} seed {run.seed}: {status} {duration:.0f} s", flush=True)
+    if stop.stopped:
+        return 128 + stop.signum
     return 1 if failures else 0
+
 
 
 def print_status(root: str, name: str) -> int:
