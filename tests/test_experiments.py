@@ -327,6 +327,30 @@ def test_the_paper_table_from_exports_by_hand(tmp_path):
         table.main(["--task", "no-equals-sign", "--out", str(out)])
 
 
+def test_a_rerun_supersedes_a_family_of_a_task_only_when_the_table_is_told_so(tmp_path, capsys):
+    from dmac_lightning.experiments import table
+
+    def seeds(*finals):
+        return [[(0, 0.0), (60_000, value)] for value in finals]
+
+    old = write_export(tmp_path / "old.json", "stochastic_game", "default",
+                       {"coma": seeds(0.2, 0.3), "coma_dmac": seeds(0.6, 0.7), "fop": seeds(0.8, 0.8), "fop_dmac": seeds(0.7, 0.7)},
+                       metric="return_ratio")
+    rerun = write_export(tmp_path / "rerun.json", "stochastic_game", "default",
+                         {"fop": seeds(0.5, 0.6), "fop_dmac": seeds(0.9, 0.9)}, metric="return_ratio")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit):  # FOP in both exports of one task, and nothing says which
+        table.main(["--task", f"game={old}", "--task", f"game={rerun}", "--out", str(out)])
+    assert "FOP is in two exports" in capsys.readouterr().err
+    table.main(["--task", f"game={old}#coma, maac", "--task", f"game={rerun}@0.5", "--out", str(out)])
+    rows = {line.split("|")[1].strip(): line for line in (out / "paper_table.md").read_text().splitlines() if line.startswith("| ")}
+    assert "+0.400 [" in rows["COMA"]  # 0.65 - 0.25, from the old export
+    assert "+0.350 [" in rows["FOP"] and "P(+DMAC > base) 1.00" in rows["FOP"]  # 0.9 - 0.55, from the rerun alone
+    with pytest.raises(SystemExit):
+        table.main(["--task", f"game={old}#coma,sac", "--out", str(out)])
+    assert "unknown families ['sac']; the families are coma, maac, qmix, dop, fop" in capsys.readouterr().err
+
+
 def test_seeds_of_a_run_are_grouped_into_processes():
     planned = sweep.plan(["a/coma.yaml", "a/qmix.yaml"], [0, 1, 2, 3, 4])
     assert [[(r.label, r.seed) for r in group] for group in runs.groups(planned)] == [

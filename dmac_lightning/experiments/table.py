@@ -6,10 +6,12 @@ task (Su & Lu, Fig. 3), from the runs' marl-eval exports (``marl_eval.json``, wh
                --task "SMAX 3m=docs/results/as_published/smax_3m_300k/marl_eval.json@0.34" \\
                --out docs/results
 
-``--task NAME=EXPORT[@FRACTION]``: a task's column, from one export (a task named twice takes families
-from each export: e.g. QMIX at 1M from one sweep, DOP at 300k from another); a run's final score is its
-mean over the evaluations in the last ``FRACTION`` of its env steps (default 0.1). The metric is the
-export's ``return_ratio`` where it has one (the stochastic game), else ``win_rate``.
+``--task NAME=EXPORT[@FRACTION][#FAMILY,...]``: a task's column, from one export (a task named twice takes
+families from each export: e.g. QMIX at 1M from one sweep, DOP at 300k from another; a family in two
+exports of one task is an error); a run's final score is its mean over the evaluations in the last
+``FRACTION`` of its env steps (default 0.1); ``#FAMILY,...`` takes only those families from the export
+(e.g. ``#coma,maac,qmix,dop`` to leave out a family whose runs a rerun in another export supersedes). The
+metric is the export's ``return_ratio`` where it has one (the stochastic game), else ``win_rate``.
 
 Each cell: +DMAC minus baseline with its 95% interval and Welch's p, the probability of improvement
 P(+DMAC > baseline) with its 95% stratified-bootstrap interval (rliable), the verdict (Welch at 5%), the
@@ -110,15 +112,15 @@ class Cell:
         )
 
 
-def cells(tasks: list[tuple[str, str, float]]) -> tuple[list[str], dict[tuple[str, str], Cell]]:
+def cells(tasks: list[Task]) -> tuple[list[str], dict[tuple[str, str], Cell]]:
     """Task names in order, and every (family, task) pair with both a baseline and a +DMAC variant."""
     names: list[str] = []
     found: dict[tuple[str, str], Cell] = {}
-    for task, path, fraction in tasks:
+    for task, path, fraction, families in tasks:
         if task not in names:
             names.append(task)
         metric, runs = read_export(path, fraction)
-        for family in FAMILIES:
+        for family in families or FAMILIES:
             if family in runs and f"{family}_dmac" in runs:
                 if (family, task) in found:
                     raise ValueError(f"task {task!r}: {family.upper()} is in two exports (give it once)")
@@ -168,17 +170,26 @@ def figure(names: list[str], found: dict[tuple[str, str], Cell], path: str) -> N
     plt.close(fig)
 
 
-def parse_task(spec: str) -> tuple[str, str, float]:
+# One column's share of the table: (task name, export path, final window, the families taken: () for all).
+Task = tuple[str, str, float, tuple[str, ...]]
+
+
+def parse_task(spec: str) -> Task:
     name, separator, rest = spec.partition("=")
     if not separator or not name or not rest:
-        raise ValueError(f"--task must look like NAME=EXPORT[@FRACTION], got {spec!r}")
+        raise ValueError(f"--task must look like NAME=EXPORT[@FRACTION][#FAMILY,...], got {spec!r}")
+    rest, _, selected = rest.partition("#")
     path, _, fraction = rest.partition("@")
-    return name, path, float(fraction) if fraction else 0.1
+    families = tuple(family.strip().lower() for family in selected.split(",") if family.strip())
+    unknown = [family for family in families if family not in FAMILIES]
+    if unknown:
+        raise ValueError(f"--task {spec!r}: unknown families {unknown}; the families are {', '.join(FAMILIES)}")
+    return name, path, float(fraction) if fraction else 0.1, families
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", action="append", required=True, metavar="NAME=EXPORT[@FRACTION]")
+    parser.add_argument("--task", action="append", required=True, metavar="NAME=EXPORT[@FRACTION][#FAMILY,...]")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     try:
