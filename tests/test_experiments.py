@@ -162,6 +162,34 @@ def test_plots_and_table_from_synthetic_logs(tmp_path):
     assert "| 1 | 3 | 0.910 ± 0.025 | 0.250 ± 0.000 |" in table
 
 
+def test_the_health_table_flags_overestimation_and_stalls_at_the_time_limit(tmp_path):
+    runs, out = tmp_path / "smax", tmp_path / "out"
+
+    def write(label, seed, q_values, eval_lengths):
+        writer = SummaryWriter(os.path.join(runs, label, f"seed_{seed}"))
+        for step, (q, length) in enumerate(zip(q_values, eval_lengths)):
+            writer.add_scalar("critic/q_taken", q, step * 10_000)
+            writer.add_scalar("eval/return", q / 2, step * 10_000)
+            writer.add_scalar("eval/episode_length", length, step * 10_000)
+            writer.add_scalar("train/episode_length", length + 1, step * 10_000)
+        writer.close()
+
+    write("qmix", 0, [1.0, 12.0, 10.0], [30, 20, 18])      # healthy: peak 12 <= 20, episodes far from the limit
+    write("qmix", 1, [1.0, 25.0, 31.0], [60, 97, 99])      # overestimates, and its last evaluation stalls at 100
+    write("dop", 0, [2.0, 4.0, 6.0], [40, 40, 40])
+    plots.main(["--runs", str(runs), "--out", str(out), "--metric", "eval/return", "--final-fraction", "0.4",
+                "--max-return", "20", "--episode-limit", "100"])
+    rows = {(line.split("|")[1].strip(), line.split("|")[2].strip()): [c.strip() for c in line.split("|")[3:-1]]
+            for line in (out / "health.md").read_text().splitlines() if line.startswith("| ") and line.split("|")[1].strip() != "run"}
+    # final window 0.4 of 20k env steps: the evaluations at 20k only (x >= 12k)
+    assert rows[("qmix", "seed_0")] == ["20000", "12.00, 10.00 (critic/q_taken)", "6.00, 5.00", "23.7, 18.0", "-"]
+    assert rows[("qmix", "seed_1")][-1] == "critic peak 31.00 > 20; final eval episodes 99.0 steps of 100"
+    assert rows[("dop", "seed_0")][-1] == "-" and rows[("dop", "seed_0")][3] == "41.0, 40.0"
+    # without the bounds nothing is flagged
+    plots.main(["--runs", str(runs), "--out", str(out), "--metric", "eval/return"])
+    assert "critic peak" not in (out / "health.md").read_text()
+
+
 def test_the_final_window_is_a_setting_and_checked(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
     for seed in range(2):

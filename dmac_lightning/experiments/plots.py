@@ -13,6 +13,9 @@ Reads ``<runs>/<run>/seed_<s>/events.*`` (the sweep runner's layout). Writes
   and mean-over-training cover rate per run, and for each family whether +DMAC beat its baseline
   (difference of means with its 95% CI and Welch's test, and the probability of improvement with its CI);
 * ``performance_profile.png``: each run's score distribution over its seeds' final metric, with bands;
+* ``health.md``: per seed, the critic's value of the actions taken (peak, final), the evaluation return,
+  episode lengths and env steps reached; ``--max-return`` and ``--episode-limit`` flag overestimation and
+  stalls at the time limit (a baseline that wins nothing where a peer's would is a defect, not a result);
 
 The IQM, its interval, the probability of improvement and the performance profiles are rliable's
 (Agarwal et al., 2021); Welch's test is kept beside them (the results' tables cite it).
@@ -31,7 +34,7 @@ import math
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats
@@ -161,6 +164,7 @@ class RunGroup:
 
     label: str
     seeds: list[dict[str, tuple[np.ndarray, np.ndarray]]]
+    seed_names: list[str] = field(default_factory=list)  # each seed's folder (seed_<s>), where read from disk
 
     def curve(self, tag: str, points: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """Seeds interpolated onto a common env-step grid: (steps, mean, ci)."""
@@ -198,7 +202,9 @@ def load(runs: str) -> dict[str, RunGroup]:
     groups: dict[str, RunGroup] = {}
     for run_dir in sorted(glob.glob(os.path.join(runs, "*", "seed_*"))):
         label = os.path.basename(os.path.dirname(run_dir))
-        groups.setdefault(label, RunGroup(label, [])).seeds.append(read_scalars(run_dir))
+        group = groups.setdefault(label, RunGroup(label, []))
+        group.seeds.append(read_scalars(run_dir))
+        group.seed_names.append(os.path.basename(run_dir))
     return groups
 
 
@@ -414,6 +420,62 @@ def plot_omega_sweep(
     return drawn
 
 
+# The critic's value of the actions taken, by the name each family logs it under (QMIX, COMA, ...: q_taken;
+# DOP and DOP+DMAC log their targets).
+CRITIC_VALUE_TAGS = ("critic/q_taken", "critic/target")
+
+
+def health_table(
+    groups: dict[str, RunGroup], final_fraction: float = 0.1, max_return: float | None = None, episode_limit: int | None = None
+) -> str:
+    """Markdown: per run and seed, what tells a broken run from a weak one (a baseline that wins nothing
+    where a peer's would is a defect to find): the critic's value of the actions taken against what an
+    episode can pay (``max_return``), the episode lengths against the time limit (``episode_limit``), and
+    how far the run got. With either bound given, a seed that crosses it is flagged."""
+    lines = [
+        "Per seed: the critic's value of the actions taken (its mean over a batch; peak over training, and final), the evaluation return "
+        "(best, final), the mean episode length (over training, and the final evaluation's), the env steps "
+        f"reached. Final: the mean over the last {final_fraction * 100:g}% of a run's env steps."
+        + (f" Flags: a critic peak above {max_return:g}, what an episode can pay (overestimation)" if max_return is not None else "")
+        + (f"{';' if max_return is not None else ' Flags:'} a final evaluation's episodes within 5% of the "
+           f"{episode_limit}-step limit (a stall at the time limit)" if episode_limit is not None else "")
+        + ("." if max_return is not None or episode_limit is not None else ""),
+        "",
+        "| run | seed | env steps | critic value: peak, final | eval return: best, final | episode length: training, final eval | flags |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def final(series: tuple[np.ndarray, np.ndarray]) -> float:
+        x, y = series
+        return float(y[x >= x[-1] * (1 - final_fraction)].mean())
+
+    for label in sorted(groups):
+        group = groups[label]
+        for index, seed in enumerate(group.seeds):
+            name = group.seed_names[index] if index < len(group.seed_names) else f"#{index}"
+            reached = max((int(x[-1]) for x, _ in seed.values() if len(x)), default=0)
+            flags, cells = [], []
+            value_tag = next((tag for tag in CRITIC_VALUE_TAGS if tag in seed and len(seed[tag][0])), None)
+            if value_tag is None:
+                cells.append("n/a")
+            else:
+                peak = float(seed[value_tag][1].max())
+                cells.append(f"{peak:.2f}, {final(seed[value_tag]):.2f} ({value_tag})")
+                if max_return is not None and peak > max_return:
+                    flags.append(f"critic peak {peak:.2f} > {max_return:g}")
+            cells.append(f"{float(seed['eval/return'][1].max()):.2f}, {final(seed['eval/return']):.2f}" if "eval/return" in seed else "n/a")
+            training = seed.get("train/episode_length")
+            evaluation = seed.get("eval/episode_length")
+            cells.append(
+                (f"{float(training[1].mean()):.1f}" if training is not None else "n/a")
+                + ", " + (f"{final(evaluation):.1f}" if evaluation is not None else "n/a")
+            )
+            if episode_limit is not None and evaluation is not None and final(evaluation) >= 0.95 * episode_limit:
+                flags.append(f"final eval episodes {final(evaluation):.1f} steps of {episode_limit}")
+            lines.append(f"| {label} | {name} | {reached} | {' | '.join(cells)} | {'; '.join(flags) or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", required=True, help="a sweep directory: <runs>/<run>/seed_<s>/")
@@ -429,6 +491,10 @@ def main(argv: list[str] | None = None) -> None:
         help="a run's final value is its mean over this last fraction of its env steps, in (0, 1] "
         "(default 0.1; with evaluations every 25k, 0.34 of a 300k run holds its last 5 evaluations)",
     )
+    parser.add_argument("--max-return", type=float, default=None,
+                        help="what an episode can pay (SMAX/SMAC: 20): health.md flags a critic whose values rise above it")
+    parser.add_argument("--episode-limit", type=int, default=None,
+                        help="the env's time limit (SMAX 3m: 100): health.md flags runs whose final evaluations stall at it")
     args = parser.parse_args(argv)
     if not 0 < args.final_fraction <= 1:
         parser.error(f"--final-fraction must be in (0, 1], got {args.final_fraction}")
@@ -447,6 +513,8 @@ def main(argv: list[str] | None = None) -> None:
             summary_table(groups, args.metric, args.final_fraction)
             + (omega_table(omega_groups, args.metric, args.final_fraction) if omega_groups else "")
         )
+    with open(os.path.join(args.out, "health.md"), "w") as f:
+        f.write(health_table(groups, args.final_fraction, args.max_return, args.episode_limit))
     with open(os.path.join(args.out, "marl_eval.json"), "w") as f:
         json.dump(marl_eval_json(groups, args.env_name, args.task_name), f, indent=1)
     if omega_groups:
@@ -455,7 +523,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     print(
         f"wrote {args.out}/learning_curves.png, " + ("cover_rate.png, " if has_cover else "")
-        + ("performance_profile.png, " if profiled else "") + "summary.md, marl_eval.json"
+        + ("performance_profile.png, " if profiled else "") + "summary.md, health.md, marl_eval.json"
         + (", omega_sweep.png" if args.omega_runs else "")
     )
 
