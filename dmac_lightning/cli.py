@@ -29,7 +29,7 @@ from callbacks.evaluation import BEST_FILENAME
 from datamodules import EpisodeDataModule
 from dmac_lightning.algorithms import ALGORITHMS, MultiAgentModule
 from dmac_lightning.checkpoints import RenamedSettingError, upgrade_settings
-from dmac_lightning.lockstep import SEED_RESULT, Lockstep, ProcessState
+from dmac_lightning.lockstep import INTERRUPTED, SEED_RESULT, STOPPED_BY_SIGTERM, Lockstep, ProcessState
 from dmac_lightning.nonfinite import NonFiniteError
 
 LOG_ROOT = "lightning_logs"
@@ -365,14 +365,13 @@ class DMACCLI(LightningCLI):
 
 # Exit status of a run stopped by SIGTERM (128 + 15, as a shell reports it): not 0, so that a sweep (local or
 # SLURM) never takes a stopped run for a finished one.
-STOPPED_BY_SIGTERM = 143
 
 
 def fit_seeds(args: list[str], seeds: int | list[int], from_command_line: bool = False) -> int:
     """``dmac fit ... --seeds``: each seed set up exactly as its own ``dmac fit --seed_everything s`` would be,
     then all trained in lockstep (``dmac_lightning.lockstep``). A seed that diverges or fails stops alone, says
     so, and the others go on. Each seed's end goes to ``seed_result.json`` in its folder. Exit status: 0 when
-    every seed finished, 143 when one was stopped by SIGTERM (resume with ``--ckpt_path last``), else 1.
+    every seed finished, 143 when one was stopped by SIGTERM, 130 by Ctrl-C (resume with ``--ckpt_path last``), else 1.
     ``from_command_line``: ``args`` are this process's command line (less ``--seeds``), parsed from ``sys.argv``
     as a plain ``dmac fit`` would be."""
     if not args or args[0] != "fit":
@@ -422,7 +421,10 @@ def fit_seeds(args: list[str], seeds: int | list[int], from_command_line: bool =
     lockstep.run(on_end=report)
     if all(status == 0 for status in statuses.values()):
         return 0
-    return STOPPED_BY_SIGTERM if STOPPED_BY_SIGTERM in statuses.values() else 1
+    for stopped in (STOPPED_BY_SIGTERM, INTERRUPTED):
+        if stopped in statuses.values():
+            return stopped
+    return 1
 
 
 def _seed_status(error: BaseException | None) -> tuple[int, str]:
@@ -433,7 +435,7 @@ def _seed_status(error: BaseException | None) -> tuple[int, str]:
     if isinstance(error, SIGTERMException):
         return STOPPED_BY_SIGTERM, "stopped by SIGTERM: its checkpoint is written; resume with --ckpt_path last"
     if type(error) in (SystemExit, KeyboardInterrupt):
-        return 1, "interrupted: resume with --ckpt_path last"
+        return INTERRUPTED, "interrupted: resume with --ckpt_path last"
     return 1, f"failed: {type(error).__name__}: {error}"
 
 

@@ -29,8 +29,9 @@ from datamodules.rng import restore_rng_state, rng_state
 # What Lightning's seed_everything leaves in the environment, read later (e.g. the data module's seed).
 SEED_VARIABLES = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
 
-# How one seed of a group ended, in its folder: {"seed", "exit" (0, 1, or 143 for SIGTERM), "message"}.
+# How one seed of a group ended, in its folder: {"seed", "exit" (0; 1 failed; 143 SIGTERM, 130 Ctrl-C: stopped), "message"}.
 SEED_RESULT = "seed_result.json"
+STOPPED_BY_SIGTERM, INTERRUPTED = 143, 130  # a stopped seed's exit (130: Ctrl-C, as shells report it)
 
 _running: Lockstep | None = None
 

@@ -430,11 +430,12 @@ def test_a_sweep_trains_a_runs_seeds_in_one_process_each_seed_in_its_own_folder(
     assert not (seed_1 / sweep.FAILED).exists() and (seed_1 / sweep.DONE).exists()
 
 
-@pytest.mark.parametrize("how", ["sigterm to the sweep", "ctrl-c in the terminal"])
+@pytest.mark.parametrize("how", ["sigterm to the sweep", "ctrl-c in the terminal", "sigterm to a sweep of a seed group"])
 def test_a_stopped_sweep_stops_its_trainings_with_their_checkpoints_and_starts_no_more(tmp_path, how):
     """``kill`` (SIGTERM to the sweep alone) reaches the training it started, Ctrl-C (SIGINT to the terminal's
     whole process group) stops the sweep too: the run in progress writes its checkpoint, is marked stopped
-    (not failed), the next run never starts, and the same command resumes the stopped one."""
+    (not failed), the next run never starts, and the same command resumes the stopped one. In a seed group, a
+    seed that failed before the stop stays failed."""
     import signal
     import subprocess
     import time
@@ -444,31 +445,36 @@ def test_a_stopped_sweep_stops_its_trainings_with_their_checkpoints_and_starts_n
     tests = os.path.dirname(os.path.abspath(__file__))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
     game = ["--data.env_kwargs", json.dumps(SMALL_GAME), "--evaluation.interval", "100", "--evaluation.episodes", "2"]
+    grouped = how == "sigterm to a sweep of a seed group"
     command = [sys.executable, "-m", "dmac_lightning.experiments.sweep", "--name", "s", "--algorithms", "coma", "--seeds", "0", "1",
-               "--seeds-per-process", "1", "--root", str(tmp_path), "--threads", "1", "--"]
+               "--seeds-per-process", "2" if grouped else "1", "--root", str(tmp_path), "--threads", "1", "--"]
+    fail_seed_1 = ["--trainer.callbacks+", json.dumps({"class_path": "run_probes.FailForSeed", "init_args": {"seed": 1, "env_steps": 100}})]
     seed_0, seed_1 = (tmp_path / "s" / "coma" / f"seed_{s}" for s in (0, 1))
-    sweep_process = subprocess.Popen(command + game + ["--data.max_env_steps", "10000000"], env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    sweep_process = subprocess.Popen(command + game + ["--data.max_env_steps", "10000000"] + (fail_seed_1 if grouped else []), env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while not (seed_0 / "sweep.log").exists() or "eval @" not in (seed_0 / "sweep.log").read_text():
+        while not (seed_0 / "sweep.log").exists() or "eval @ 200" not in (seed_0 / "sweep.log").read_text():
             assert sweep_process.poll() is None and time.monotonic() < deadline, "the training never got going"
             time.sleep(0.5)
         training = json.load(open(seed_0 / sweep.CLAIM))["child"]
-        if how == "sigterm to the sweep":
-            sweep_process.send_signal(signal.SIGTERM)
-        else:
+        if how == "ctrl-c in the terminal":
             os.killpg(sweep_process.pid, signal.SIGINT)
+        else:
+            sweep_process.send_signal(signal.SIGTERM)
         output, _ = sweep_process.communicate(timeout=120)
     finally:
         if sweep_process.poll() is None:
             os.killpg(sweep_process.pid, signal.SIGKILL)
-    assert sweep_process.returncode == (143 if how == "sigterm to the sweep" else 130), output
+    assert sweep_process.returncode == (130 if how == "ctrl-c in the terminal" else 143), output
     assert not runs.process_running(training), "the training outlived its sweep"
-    assert "coma seed 0: stopped (checkpoint written" in output and "coma seed 1: not started" in output, output
+    assert "coma seed 0: stopped (checkpoint written" in output, output
     assert (seed_0 / "checkpoints" / "on_exception.ckpt").exists()
     assert not (seed_0 / sweep.FAILED).exists() and not (seed_0 / sweep.DONE).exists() and not (seed_0 / sweep.CLAIM).exists()
-    assert not (seed_1 / "sweep.log").exists()
+    if grouped:  # seed 1 failed before the stop: it stays failed
+        assert "coma seed 1: FAILED (exit 1" in output and json.load(open(seed_1 / sweep.FAILED))["exit"] == 1
+    else:
+        assert "coma seed 1: not started" in output and not (seed_1 / "sweep.log").exists()
     from dmac_lightning.experiments.slurm import status
 
     assert {(label, seed): state for label, seed, state, _ in status(str(tmp_path), "s")}[("coma", 0)] == "stopped"

@@ -293,9 +293,9 @@ def test_ctrl_c_stops_every_seed_with_its_checkpoint(tmp_path):
         dmac_command("fit", *config_args("coma_dmac"), *GAME, "--seeds", "2", "--data.max_env_steps", "400", *interrupt),
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
-    assert stopped.returncode == 1, stopped.stderr[-3000:]
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
     assert "go on" not in stopped.stderr
     for seed in (0, 1):
         run_dir = tmp_path / "lightning_logs" / "stochastic_game" / "ComaDmac" / "version_0" / f"seed_{seed}"
-        assert f"seed {seed}: interrupted" in stopped.stderr
+        assert f"seed {seed}: interrupted" in stopped.stderr and json.load(open(run_dir / SEED_RESULT))["exit"] == 130
         assert torch.load(run_dir / "checkpoints" / "on_exception.ckpt", weights_only=True)["EpisodeDataModule"]["env_steps"] < 400

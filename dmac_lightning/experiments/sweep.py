@@ -41,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 from dmac_lightning.algorithms import NAMES
+from dmac_lightning.lockstep import INTERRUPTED, STOPPED_BY_SIGTERM
 from dmac_lightning.experiments.runs import (  # noqa: F401  (re-exported: the sweep's API as before)
     CLAIM, DONE, FAILED, Run, algorithm_configs, claim, command, execute, execute_group, groups, plan, process_running,
     signal_process,
@@ -60,6 +61,7 @@ class LocalStop:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._training: dict[Run, int] = {}
+        self._group_size: dict[Run, int] = {}
         self._running_at_stop: set[int] = set()
         self._terminated: set[int] = set()
         self._previous: dict[int, Any] = {}
@@ -82,9 +84,12 @@ class LocalStop:
             return [(run, NOT_STARTED, 0.0) for run in group]
         return execute_group(group, *args, on_start=lambda training: self._started(group, training.pid))
 
-    def ended_by_stop(self, run: Run) -> bool:
-        """Whether ``run``'s training was still running when the stop came (so the stop ended it)."""
-        return self._training.get(run) in self._running_at_stop
+    def ended_by_stop(self, run: Run, returncode: int) -> bool:
+        """Whether the stop ended ``run``: its training still ran when the stop came, and, for a seed of a group
+        (whose status is its own, from ``seed_result.json``), the seed stopped rather than failed before."""
+        if self._training.get(run) not in self._running_at_stop:
+            return False
+        return self._group_size[run] == 1 or returncode in (STOPPED_BY_SIGTERM, INTERRUPTED)
 
     def forget_failure(self, run: Run, root: str, name: str) -> None:
         try:
@@ -94,6 +99,7 @@ class LocalStop:
 
     def _started(self, group: list[Run], pid: int) -> None:
         self._training.update({run: pid for run in group})
+        self._group_size.update({run: len(group) for run in group})
         if self.stopped:  # started while the stop was being handled
             self._running_at_stop.add(pid)
             if self.signum == signal.SIGTERM:
@@ -221,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                     status = f"skipped ({returncode})"
                 elif returncode == 0:
                     status = "skipped (done before)" if duration == 0 else "done"
-                elif stop.ended_by_stop(run):  # stopped, not failed: --status shows it as stopped, resumable
+                elif stop.ended_by_stop(run, returncode):  # stopped, not failed: --status shows it as stopped, resumable
                     stop.forget_failure(run, args.root, args.name)
                     status = "stopped (checkpoint written; the same command resumes it)"
                 else:
