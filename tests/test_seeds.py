@@ -282,6 +282,7 @@ def test_sigterm_stops_every_seed_with_its_checkpoint_and_resume_finishes_them(t
 def test_ctrl_c_stops_every_seed_with_its_checkpoint(tmp_path):
     """Ctrl-C stops the seed it lands in the way Lightning stops a run; the group then stops the others the same
     way (each writes its crash checkpoint), rather than training on."""
+    import signal
     import subprocess
 
     from conftest import dmac_command
@@ -292,6 +293,9 @@ def test_ctrl_c_stops_every_seed_with_its_checkpoint(tmp_path):
     stopped = subprocess.run(
         dmac_command("fit", *config_args("coma_dmac"), *GAME, "--seeds", "2", "--data.max_env_steps", "400", *interrupt),
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        # A shell starts background jobs with SIGINT ignored, and a child inherits that: give the run a
+        # terminal's default, as when it is started in the foreground.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert stopped.returncode == 130, stopped.stderr[-3000:]
     assert "go on" not in stopped.stderr
