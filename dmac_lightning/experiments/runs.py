@@ -259,17 +259,17 @@ def signal_process(pid: int, number: int) -> None:
 def process_running(pid: int) -> bool:
     """Whether process ``pid`` runs: one that ended but is not reaped yet does not. Never reaps it (a child of
     ours stays its ``Popen.wait``'s)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    except OSError:  # no /proc (macOS): whether the pid exists at all
+    if not os.path.isdir("/proc"):  # macOS: whether the pid exists at all (an unreaped child counts)
         try:
             os.kill(pid, 0)
             return True
         except ProcessLookupError:
             return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
 
 
 def _remove(path: str) -> None:

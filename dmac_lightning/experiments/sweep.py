@@ -44,7 +44,7 @@ from dmac_lightning.algorithms import NAMES
 from dmac_lightning.lockstep import INTERRUPTED, STOPPED_BY_SIGTERM
 from dmac_lightning.experiments.runs import (  # noqa: F401  (re-exported: the sweep's API as before)
     CLAIM, DONE, FAILED, Run, algorithm_configs, claim, command, execute, execute_group, groups, plan, process_running,
-    signal_process,
+    signal_process, _remove,
 )
 
 NOT_STARTED = "not started: the sweep was stopped"
@@ -90,12 +90,6 @@ class LocalStop:
         if self._training.get(run) not in self._running_at_stop:
             return False
         return self._group_size[run] == 1 or returncode in (STOPPED_BY_SIGTERM, INTERRUPTED)
-
-    def forget_failure(self, run: Run, root: str, name: str) -> None:
-        try:
-            os.remove(os.path.join(run.directory(root, name), FAILED))
-        except FileNotFoundError:
-            pass
 
     def _started(self, group: list[Run], pid: int) -> None:
         self._training.update({run: pid for run in group})
@@ -228,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                 elif returncode == 0:
                     status = "skipped (done before)" if duration == 0 else "done"
                 elif stop.ended_by_stop(run, returncode):  # stopped, not failed: --status shows it as stopped, resumable
-                    stop.forget_failure(run, args.root, args.name)
+                    _remove(os.path.join(run.directory(args.root, args.name), FAILED))
                     status = "stopped (checkpoint written; the same command resumes it)"
                 else:
                     status = f"FAILED (exit {returncode}, see sweep.log)"
