@@ -14,12 +14,16 @@ to take that step for S seeds, each seed its own weights, RMSprop state and grad
   product per layer, the S losses summed (the seeds' gradients stay apart), the clip computed per seed, one
   RMSprop step over the stacked tensors (RMSprop is elementwise, so it is S seeds' steps). This is the best
   case for any seed batching (``torch.func.vmap`` over ``functional_call`` lowers to the same batched products,
-  plus its own overhead), written by hand for this one network.
+  plus its own overhead), written by hand for this one network;
+* **vmapped**: the generic route issue 29 names: ``torch.func.stack_module_state`` over the S unchanged
+  ``DuelingMLP``s, the loss of one seed written for one network and ``torch.func.vmap``-ed over the seed
+  dimension through ``functional_call``, autograd through it, then the same per-seed clip and stacked RMSprop.
+  Its cost over **stacked** is what the generic route pays for keeping the network and loss single-seed.
 
 Before timing, both ways take a few steps from the same weights in float64 and must agree to 1e-10 (a bound
 for a batched update that is exactly S separate ones). Prints one line per S:
 
-    stacked critic step <S> seeds: separate <x> ms/seed stacked <y> ms/seed ratio <x/y>
+    stacked critic step <S> seeds: separate <x> ms/seed stacked <y> ms/seed ratio <x/y> vmapped <z> ms/seed ratio <x/z>
 
 The ratio bounds what batching the seeds could give DOP's critic steps on this CPU and thread count; the
 rest of the update (the agent GRU unroll, targets, the actor step) batches no better.
@@ -94,11 +98,7 @@ class StackedSeeds:
         losses = ((q_taken - targets) ** 2).mean(-1)
         self.optimizer.zero_grad()
         losses.sum().backward()  # the seeds share no weight: each seed's slice gets its own loss's gradient
-        # clip_grad_norm_ per seed: the norm over that seed's slice of every parameter, the same 1e-6 guard
-        norms = torch.stack([p.grad.flatten(1).pow(2).sum(1) for p in self.parameters]).sum(0).sqrt()
-        scale = (self.clip / (norms + 1e-6)).clamp(max=1.0)
-        for p in self.parameters:
-            p.grad.mul_(scale.view(-1, *[1] * (p.dim() - 1)))
+        clip_per_seed(self.parameters, self.clip)
         self.optimizer.step()
         return losses.detach()
 
@@ -112,6 +112,47 @@ class StackedSeeds:
             heads_weight, heads_bias = self.weights[-1][seed].T, self.biases[-1][seed, 0]
             copy.advantage.weight.copy_(heads_weight[:-1]), copy.advantage.bias.copy_(heads_bias[:-1])
             copy.value.weight.copy_(heads_weight[-1:]), copy.value.bias.copy_(heads_bias[-1:])
+        return copy
+
+
+def clip_per_seed(parameters: list[torch.Tensor], clip: float) -> None:
+    """``clip_grad_norm_`` for each seed's slice of the stacked parameters (the same 1e-6 guard)."""
+    norms = torch.stack([p.grad.flatten(1).pow(2).sum(1) for p in parameters]).sum(0).sqrt()
+    scale = (clip / (norms + 1e-6)).clamp(max=1.0)
+    for p in parameters:
+        p.grad.mul_(scale.view(-1, *[1] * (p.dim() - 1)))
+
+
+class VmappedSeeds:
+    """The S unchanged critics through ``torch.func``: stacked state, a single-seed loss vmapped over seeds."""
+
+    def __init__(self, networks: list[DuelingMLP], lr: float, clip: float) -> None:
+        params, buffers = torch.func.stack_module_state(networks)
+        self.names = list(params)
+        self.parameters = [torch.nn.Parameter(params[name].detach().clone()) for name in self.names]
+        self.buffers = buffers
+        self.clip = clip
+        # The network's structure only (its own weights are never used): functional_call takes every tensor.
+        self.template = networks[0].to("meta")
+        self.optimizer = torch.optim.RMSprop(self.parameters, lr=lr, alpha=0.99, eps=1e-5, foreach=True)
+
+        def seed_loss(params: dict, buffers: dict, inputs: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            q_taken = torch.func.functional_call(self.template, (params, buffers), (inputs,)).gather(-1, actions).squeeze(-1)
+            return ((q_taken - targets) ** 2).mean()
+
+        self.losses = torch.func.vmap(seed_loss)
+
+    def step(self, inputs: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        losses = self.losses(dict(zip(self.names, self.parameters)), self.buffers, inputs, actions, targets)
+        self.optimizer.zero_grad()
+        losses.sum().backward()
+        clip_per_seed(self.parameters, self.clip)
+        self.optimizer.step()
+        return losses.detach()
+
+    def network(self, seed: int, like: DuelingMLP) -> DuelingMLP:
+        copy = DuelingMLP(like.trunk[0].in_features, [layer.out_features for layer in layers(like)], like.advantage.out_features).to(self.parameters[0].dtype)
+        copy.load_state_dict({name: p[seed].detach() for name, p in zip(self.names, self.parameters)})
         return copy
 
 
@@ -130,11 +171,11 @@ def networks(seeds: int, input_dim: int, n_actions: int, dtype: torch.dtype) -> 
     return made
 
 
-def check_equal(input_dim: int, n_actions: int, rows: int) -> float:
-    """Largest weight difference between stacked and separate after 5 steps of 3 seeds, float64."""
+def check_equal(way: type, input_dim: int, n_actions: int, rows: int) -> float:
+    """Largest weight difference between ``way`` and separate after 5 steps of 3 seeds, float64."""
     generator = torch.Generator().manual_seed(0)
     separate = SeparateSeeds(networks(3, input_dim, n_actions, torch.float64), lr=5e-4, clip=1.0)  # a clip that binds
-    stacked = StackedSeeds(networks(3, input_dim, n_actions, torch.float64), lr=5e-4, clip=1.0)
+    stacked = way(networks(3, input_dim, n_actions, torch.float64), lr=5e-4, clip=1.0)
     for _ in range(5):
         batch = problem(3, rows, input_dim, n_actions, torch.float64, generator)
         separate_losses, stacked_losses = separate.step(*batch), stacked.step(*batch)
@@ -172,14 +213,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    difference = check_equal(args.input_dim, args.actions, args.rows)
-    assert difference < 1e-10, f"stacked and separate steps differ by {difference}"
-    print(f"# stacked equals separate (3 seeds, 5 steps, float64, binding clip): largest weight difference {difference:.1e}")
+    for way in (StackedSeeds, VmappedSeeds):
+        difference = check_equal(way, args.input_dim, args.actions, args.rows)
+        assert difference < 1e-10, f"{way.__name__} and separate steps differ by {difference}"
+        print(f"# {way.__name__} equals separate (3 seeds, 5 steps, float64, binding clip): largest weight difference {difference:.1e}")
     for seeds in args.seeds:
         separate = time_steps(SeparateSeeds, seeds, args.rows, args.input_dim, args.actions, args.steps)
         stacked = time_steps(StackedSeeds, seeds, args.rows, args.input_dim, args.actions, args.steps)
+        vmapped = time_steps(VmappedSeeds, seeds, args.rows, args.input_dim, args.actions, args.steps)
         print(f"stacked critic step {seeds} seeds: separate {separate:.3f} ms/seed stacked {stacked:.3f} ms/seed "
-              f"ratio {separate / stacked:.2f}", flush=True)
+              f"ratio {separate / stacked:.2f} vmapped {vmapped:.3f} ms/seed ratio {separate / vmapped:.2f}", flush=True)
 
 
 if __name__ == "__main__":

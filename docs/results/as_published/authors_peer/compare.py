@@ -8,7 +8,9 @@ and a figure per pairing, whole curves compared.
 
 ``--theirs NAME=DIR``: a folder of the authors' sacred runs (``<id>/config.json``, ``info.json``,
 ``run.json``): their test return (``test_return_mean``, as a fraction of the game's exact optimum with
-``--metric return_ratio``) or win rate (``test_battle_won_mean``). ``--ours NAME=DIR``: a sweep folder of
+``--metric return_ratio``) or win rate (``test_battle_won_mean``); or ``NAME=FILE.md``: a table this script
+wrote earlier from those runs (its rows named NAME: values to two decimals at each checkpoint, and the env
+steps/s of its whole-curve table), for when the sacred folder is no longer there. ``--ours NAME=DIR``: a sweep folder of
 ours (``seed_<s>/`` with TensorBoard events: ``eval/return_ratio`` or ``eval/win_rate``), or
 ``FILE.json#algorithm``: a marl-eval export of earlier runs (no wall clock). Every series is read at the
 evaluation nearest to each multiple of ``--every`` env steps up to the budget every seed reached.
@@ -70,6 +72,26 @@ def their_series(directory: str, metric: str) -> Series:
             seconds = (datetime.fromisoformat(times["heartbeat"]) - datetime.fromisoformat(times["start_time"])).total_seconds()
             rate = steps.max() / seconds if seconds > 0 else float("nan")
         series[int(config["seed"])] = (steps, values, rate)
+    return series
+
+
+def tabled_series(path: str, name: str) -> Series:
+    """The rows named ``name`` of a table this script wrote (``pairing_<p>.md``): seed -> (checkpoints, values,
+    env steps/s). Its values are rounded to two decimals, so figures computed from it are too."""
+    with open(path) as f:
+        rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in f if line.startswith("|")]
+    header = next(row for row in rows if row[:2] == ["implementation", "seed"])
+    unit = {"k": 1e3, "M": 1e6}
+    steps = np.array([float(cell[:-1]) * unit[cell[-1]] if cell[-1] in unit else float(cell) for cell in header[2:]])
+    figures = rows.index(["implementation", "seeds", "final", "mean over the curve", "env steps to reach the level", "env steps/s"])
+    rates = [row[-1] for row in rows[figures:] if row[0] == name and row[-1] != "-"]
+    rate = float(rates[0]) if rates else float("nan")
+    series: Series = {}
+    for row in rows[:figures]:
+        if row[0] == name and row[1].isdigit():
+            values = np.array([np.nan if cell == "-" else float(cell) for cell in row[2:]])
+            known = ~np.isnan(values)
+            series[int(row[1])] = (steps[known], values[known], rate)
     return series
 
 
@@ -136,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     groups: dict[str, Series] = {}
     for spec in args.theirs:
         name, _, directory = spec.partition("=")
-        groups[name] = their_series(directory, args.metric)
+        groups[name] = tabled_series(directory, name) if directory.endswith(".md") else their_series(directory, args.metric)
     for spec in args.ours:
         name, _, source = spec.partition("=")
         groups[name] = our_series(source, args.metric)
