@@ -32,6 +32,7 @@ rest of the update (the agent GRU unroll, targets, the actor step) batches no be
 from __future__ import annotations
 
 import argparse
+from copy import deepcopy
 import os
 import statistics
 import sys
@@ -133,7 +134,7 @@ class VmappedSeeds:
         self.buffers = buffers
         self.clip = clip
         # The network's structure only (its own weights are never used): functional_call takes every tensor.
-        self.template = networks[0].to("meta")
+        self.template = deepcopy(networks[0]).to("meta")
         self.optimizer = torch.optim.RMSprop(self.parameters, lr=lr, alpha=0.99, eps=1e-5, foreach=True)
 
         def seed_loss(params: dict, buffers: dict, inputs: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
