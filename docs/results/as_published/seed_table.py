@@ -30,11 +30,11 @@ def label(steps: int) -> str:
     return "1M" if steps == 1_000_000 else f"{steps // 1000}k"
 
 
-def seed_rows(sweep: str, name: str, budget: int) -> tuple[list[str], dict[int, float]]:
+def seed_rows(sweep: str, name: str, budget: int, metric: str = "eval/win_rate") -> tuple[list[str], dict[int, float]]:
     """The table's rows for one run, and the finals of the seeds that reached ``budget``."""
     columns = [c for c in COLUMNS if c <= budget]
     rows, finals = [], {}
-    for seed, (steps, values, wall) in our_series(os.path.join(sweep, name)).items():
+    for seed, (steps, values, wall) in our_series(os.path.join(sweep, name), metric).items():
         cells = [f"{values[np.abs(steps - c).argmin()]:.2f}" if c <= steps.max() + 12_500 else "-" for c in columns]
         # the evaluations from 100k before the end on (a run's last one lands a few steps past its budget)
         final = float(values[steps >= steps.max() - FINAL_WINDOW - 1000].mean()) if steps.max() >= FINAL_WINDOW else float("nan")
@@ -52,10 +52,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", required=True)
     parser.add_argument("--names", nargs="+", required=True, help="run folders: a baseline, then its +DMAC variant")
     parser.add_argument("--budget", type=int, default=1_000_000)
+    parser.add_argument("--metric", default="eval/win_rate",
+                        help="eval/win_rate (the algorithm's published protocol), eval_greedy/win_rate or eval_sampled/win_rate")
     args = parser.parse_args(argv)
     finals = {}
     for name in args.names:
-        rows, finals[name] = seed_rows(args.runs, name, args.budget)
+        rows, finals[name] = seed_rows(args.runs, name, args.budget, args.metric)
         print("\n".join(rows) + "\n")
     if len(args.names) == 2:
         baseline, variant = (np.array(list(finals[name].values())) for name in args.names)

@@ -36,14 +36,14 @@ def peer_series(path: str) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray
     return {seed: tuple(np.array(column) for column in zip(*sorted(values))) for seed, values in sorted(rows.items())}
 
 
-def our_series(sweep: str) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """seed -> (env steps, eval win rate, wall-clock seconds since the run's first event)."""
+def our_series(sweep: str, metric: str = "eval/win_rate") -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """seed -> (env steps, ``metric``, wall-clock seconds since the run's first event)."""
     series = {}
     for directory in sorted(glob.glob(os.path.join(sweep, "seed_*"))):
         scalars = read_scalars(directory)
-        if "eval/win_rate" not in scalars:
+        if metric not in scalars:
             continue
-        steps, values = scalars["eval/win_rate"]
+        steps, values = scalars[metric]
         series[int(directory.rsplit("_", 1)[1])] = (steps, values, wall_clock(directory, steps))
     return series
 
