@@ -80,6 +80,34 @@ def test_seeded_rollouts_are_reproducible():
     assert torch.equal(ra["state"], rb["state"])
 
 
+def test_an_evaluations_battles_do_not_depend_on_the_policies_of_earlier_ones():
+    """docs/results/as_published/scripted_reference.py replays a run's evaluation battles with scripts: that
+    needs the k-th evaluation's battles to be a function of the seed and k only (one round of the full
+    episode limit each, SMAX's keys drawn per step whatever the actions)."""
+    from dmac_lightning.envs.common import ACTION, ACTION_MASK
+    from dmac_lightning.evaluation import evaluate_episodes
+
+    def preferring(order):
+        def policy(td):
+            mask = td.get(ACTION_MASK)
+            priority = torch.tensor(order, dtype=torch.float).expand_as(mask)
+            td.set(ACTION, priority.masked_fill(~mask, -1.0).argmax(-1))
+            return td
+        return policy
+
+    advance_then_attack = preferring([0, 1, 0, 0, 0, 10, 9, 8])
+    earlier = {"stop": preferring([0, 0, 0, 0, 1, 0, 0, 0]), "attack": preferring([0, 0, 0, 1, 0, 8, 9, 10])}
+    results = {}
+    for name, policy in earlier.items():
+        env = SmaxEnv(n_envs=8, map_name="3m", max_steps=30, seed=5)
+        first = evaluate_episodes(env, policy, 8, 30)
+        results[name] = (first, evaluate_episodes(env, advance_then_attack, 8, 30))
+    # the earlier evaluations played differently...
+    assert results["stop"][0] != results["attack"][0]
+    # ...and the next evaluation met the same battles all the same
+    assert results["stop"][1] == results["attack"][1]
+
+
 def test_short_qmix_dmac_fit_on_smax_3m_writes_win_rate(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(
