@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--episodes", type=int, default=32, help="episodes per evaluation (the run's evaluation.episodes)")
     parser.add_argument("--move", type=int, default=1, help="the move action the scripts advance with (0-3)")
     parser.add_argument("--compare", action="append", default=[], help="NAME=RUN_FOLDER:METRIC")
+    parser.add_argument("--orders", nargs="+", default=None, metavar="ORDER",
+                        help="the attack orders to play, e.g. 0>1>2 (default: every order; 8m has 40320)")
     args = parser.parse_args(argv)
     compared = {}
     for item in args.compare:
@@ -78,6 +80,13 @@ def main(argv: list[str] | None = None) -> None:
     probe = make_env("smax", {"map_name": args.map}, n_envs=1, seed=0)
     n_enemies = probe.info.n_actions - N_MOVES - 1
     probe.close()
+    if args.orders is None:
+        orders = list(itertools.permutations(range(n_enemies)))
+    else:
+        orders = [tuple(int(e) for e in order.split(">")) for order in args.orders]
+        for order in orders:
+            if sorted(order) != list(range(n_enemies)):
+                parser.error(f"--orders: {'>'.join(map(str, order))} is not an order of the {n_enemies} enemies 0..{n_enemies - 1}")
 
     print(f"| seed | policy | win rate at evaluations 0..{args.evaluations - 1} | mean | " +
           " | ".join(f"equal to {name}" for name in compared) + (" |" if compared else ""))
@@ -86,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, series in compared.items():
             values = [f"{v:.2f}" for v in series.get(seed, [])[: args.evaluations]]
             print(f"| {seed} | {name} | {' '.join(values)} | - |" + " - |" * len(compared))
-        for order in itertools.permutations(range(n_enemies)):
+        for order in orders:
             wins = script_win_rates(args.map, seed, args.evaluations, args.episodes, advance_then_attack(args.move, order))
             equal = []
             for series in compared.values():
