@@ -83,10 +83,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.orders is None:
         orders = list(itertools.permutations(range(n_enemies)))
     else:
-        orders = [tuple(int(e) for e in order.split(">")) for order in args.orders]
-        for order in orders:
+        orders = []
+        for text in args.orders:
+            order = tuple(int(e) if e.strip().isdigit() else -1 for e in text.split(">"))
             if sorted(order) != list(range(n_enemies)):
-                parser.error(f"--orders: {'>'.join(map(str, order))} is not an order of the {n_enemies} enemies 0..{n_enemies - 1}")
+                parser.error(f"--orders: {text} is not an order of the {n_enemies} enemies 0..{n_enemies - 1} (e.g. 0>1>2)")
+            orders.append(order)
 
     print(f"| seed | policy | win rate at evaluations 0..{args.evaluations - 1} | mean | " +
           " | ".join(f"equal to {name}" for name in compared) + (" |" if compared else ""))
