@@ -158,8 +158,33 @@ def test_plots_and_table_from_synthetic_logs(tmp_path):
     run = exported["stochastic_game"]["default"]["coma_dmac"]["run_2"]
     assert [run[f"step_{i}"]["step_count"] for i in range(3)] == [0, 5000, 10000]
     assert run["step_2"]["return_ratio"] == pytest.approx([0.82]) and run["absolute_metrics"]["return_ratio"] == pytest.approx([0.82])
+    assert not any("_greedy" in metric or "_sampled" in metric for metric in run["step_2"])  # logged one way only
     # omega 1: final ratio 0.9 + 0.01 * seed; cover rate from 0 to 0.5, 0.25 over training
     assert "| 1 | 3 | 0.910 ± 0.025 | 0.250 ± 0.000 |" in table
+
+
+def test_runs_evaluated_both_ways_export_both_protocols_for_the_paper_table(tmp_path):
+    from dmac_lightning.experiments import table
+
+    runs, out = tmp_path / "smax", tmp_path / "out"
+    for seed in range(2):  # QMIX published greedy; QMIX+DMAC published sampled
+        for label, greedy, sampled, published in (("qmix", 0.8, 0.4, 0.8), ("qmix_dmac", 0.9, 0.6, 0.6)):
+            writer = SummaryWriter(os.path.join(runs, label, f"seed_{seed}"))
+            for step, fraction in ((0, 0.0), (25_000, 1.0)):
+                writer.add_scalar("eval/win_rate", fraction * published + 0.02 * seed, step)
+                writer.add_scalar("eval_greedy/win_rate", fraction * greedy + 0.02 * seed, step)
+                writer.add_scalar("eval_sampled/win_rate", fraction * sampled + 0.02 * seed, step)
+                writer.add_scalar("eval_greedy/return", 20 * fraction * greedy, step)
+            writer.close()
+    plots.main(["--runs", str(runs), "--out", str(out), "--metric", "eval/win_rate", "--env-name", "smax", "--task-name", "3m"])
+    exported = json.loads((out / "marl_eval.json").read_text())
+    last = exported["smax"]["3m"]["qmix_dmac"]["run_1"]["step_1"]
+    assert last["step_count"] == 25_000 and last["win_rate"] == pytest.approx([0.62])
+    assert last["win_rate_greedy"] == pytest.approx([0.92]) and last["win_rate_sampled"] == pytest.approx([0.62])
+    assert last["return_greedy"] == pytest.approx([18.0]) and "return" not in last  # only what was logged
+    table.main(["--task", f"SMAX 3m={out / 'marl_eval.json'}@0.5", "--out", str(tmp_path / "t"), "--protocol", "greedy"])
+    row = next(line for line in (tmp_path / "t" / "paper_table.md").read_text().splitlines() if line.startswith("| QMIX"))
+    assert row.startswith("| QMIX | +0.100 [") and "greedy v greedy" in row  # 0.91 - 0.81, not 0.61 - 0.81
 
 
 def test_the_health_table_flags_overestimation_and_stalls_at_the_time_limit(tmp_path):
@@ -353,6 +378,49 @@ def test_the_paper_table_from_exports_by_hand(tmp_path):
         table.main(["--task", f"game={game}@1.5", "--out", str(out)])
     with pytest.raises(SystemExit):
         table.main(["--task", "no-equals-sign", "--out", str(out)])
+
+
+def test_the_paper_table_compares_both_sides_at_one_protocol_when_asked(tmp_path, capsys):
+    """QMIX is published greedy and QMIX+DMAC sampled; runs that evaluated both ways give the cell at one protocol."""
+    from dmac_lightning.experiments import table
+
+    def seeds(**finals):  # per seed, the final evaluation of each metric (a first one at 0 with zeros)
+        count = len(next(iter(finals.values())))
+        return {f"run_{seed}": {"step_0": {"step_count": 0, **{m: [0.0] for m in finals}},
+                                "step_1": {"step_count": 300_000, **{m: [v[seed]] for m, v in finals.items()}}}
+                for seed in range(count)}
+
+    # QMIX: greedy is its published protocol, so win_rate == win_rate_greedy; its sampled play loses more.
+    # QMIX+DMAC: sampled is its published protocol; greedy it wins more.
+    export = {"smax": {"3m": {
+        "qmix": seeds(win_rate=[0.8, 0.9], win_rate_greedy=[0.8, 0.9], win_rate_sampled=[0.5, 0.6]),
+        "qmix_dmac": seeds(win_rate=[0.6, 0.7], win_rate_greedy=[0.85, 0.95], win_rate_sampled=[0.6, 0.7]),
+    }}}
+    both = tmp_path / "both.json"
+    both.write_text(json.dumps(export))
+    out = tmp_path / "out"
+
+    def qmix_cell(protocol):
+        table.main(["--task", f"SMAX 3m={both}@0.5", "--out", str(out), "--protocol", protocol])
+        text = (out / "paper_table.md").read_text()
+        return next(line for line in text.splitlines() if line.startswith("| QMIX")), text
+
+    published, text = qmix_cell("published")
+    assert published.startswith("| QMIX | -0.200 [") and "greedy v sampled" in published and "as published" in text
+    greedy, text = qmix_cell("greedy")  # 0.90 - 0.85
+    assert greedy.startswith("| QMIX | +0.050 [") and "greedy v greedy" in greedy and "both sides greedy" in text
+    sampled, _ = qmix_cell("sampled")  # 0.65 - 0.55; every +DMAC seed beats or ties every QMIX seed but one pair
+    assert sampled.startswith("| QMIX | +0.100 [") and "sampled v sampled" in sampled
+    assert "P(+DMAC > base) 0.88 [" in sampled  # pairs: 0.6 v 0.5 win, 0.6 v 0.6 tie, 0.7 v both win: 3.5 of 4
+
+    old = write_export(tmp_path / "old.json", "smax", "3m", {"qmix": [[(0, 0.0), (100_000, 0.8)]] * 2,
+                                                              "qmix_dmac": [[(0, 0.0), (100_000, 0.7)]] * 2})
+    with pytest.raises(SystemExit):
+        table.main(["--task", f"SMAX 3m={old}", "--out", str(out), "--protocol", "greedy"])
+    assert "qmix run_0 has no win_rate_greedy" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        table.main(["--task", f"SMAX 3m={both}", "--out", str(out), "--protocol", "argmax"])
+    assert "invalid choice: 'argmax' (choose from 'published', 'greedy', 'sampled')" in capsys.readouterr().err
 
 
 def test_a_rerun_supersedes_a_family_of_a_task_only_when_the_table_is_told_so(tmp_path, capsys):

@@ -352,8 +352,16 @@ def summary_table(groups: dict[str, RunGroup], tag: str, final_fraction: float =
 def marl_eval_json(groups: dict[str, RunGroup], env: str, task: str) -> dict:
     """The runs in marl-eval's raw-data layout (``env -> task -> algorithm -> run_<seed> -> step_<i>``),
     each evaluation a step with its ``step_count`` (env steps) and metrics, ``absolute_metrics`` the
-    last evaluation. We log each evaluation's mean, so every metric list holds that one value."""
-    metrics = {"eval/return": "return", "eval/return_ratio": "return_ratio", "eval/win_rate": "win_rate"}
+    last evaluation. We log each evaluation's mean, so every metric list holds that one value.
+
+    ``return``, ``return_ratio`` and ``win_rate`` are the algorithm's published protocol (``eval/*``); runs that
+    evaluated under both protocols (issue 30) add the same with ``_greedy`` and ``_sampled`` appended, so a
+    comparison can be made at one protocol for both sides (``dmac-table --protocol``)."""
+    metrics = {
+        f"{prefix}/{name}": name + suffix
+        for prefix, suffix in (("eval", ""), ("eval_greedy", "_greedy"), ("eval_sampled", "_sampled"))
+        for name in ("return", "return_ratio", "win_rate")
+    }
     tree: dict = {}
     for label, group in sorted(groups.items()):
         algorithm_runs = tree.setdefault(env, {}).setdefault(task, {}).setdefault(label, {})

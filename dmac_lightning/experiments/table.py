@@ -13,10 +13,15 @@ exports of one task is an error); a run's final score is its mean over the evalu
 (e.g. ``#coma,maac,qmix,dop`` to leave out a family whose runs a rerun in another export supersedes). The
 metric is the export's ``return_ratio`` where it has one (the stochastic game), else ``win_rate``.
 
+``--protocol`` picks the evaluations compared: ``published`` (default) each algorithm's own (greedy for QMIX
+and FOP, sampled for the others and every +DMAC variant: App. C.3), so a QMIX cell compares greedy QMIX
+with sampled QMIX+DMAC; ``greedy`` or ``sampled`` both sides under that one protocol, from the
+``*_greedy`` / ``*_sampled`` metrics of runs that evaluated under both (issue 30; older exports lack them,
+and the table says which).
+
 Each cell: +DMAC minus baseline with its 95% interval and Welch's p, the probability of improvement
 P(+DMAC > baseline) with its 95% stratified-bootstrap interval (rliable), the verdict (Welch at 5%), the
-seeds and budget of each side, and the evaluation protocol each was published with (greedy for QMIX and
-FOP, sampled for the others and every +DMAC variant). Writes ``paper_table.md`` and ``paper_table.png``
+seeds and budget of each side, and the evaluation protocol of each side. Writes ``paper_table.md`` and ``paper_table.png``
 (the probability of improvement per cell, with its interval).
 """
 
@@ -46,8 +51,13 @@ class Runs:
         return int(round(self.reached.min() / 1000) * 1000)
 
 
-def read_export(path: str, fraction: float = 0.1) -> tuple[str, dict[str, Runs]]:
-    """``(metric, {algorithm: Runs})`` from a marl-eval export of one env and task."""
+PROTOCOLS = ("published", "greedy", "sampled")
+
+
+def read_export(path: str, fraction: float = 0.1, protocol: str = "published") -> tuple[str, dict[str, Runs]]:
+    """``(metric, {algorithm: Runs})`` from a marl-eval export of one env and task, under ``protocol``."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if not 0 < fraction <= 1:
         raise ValueError(f"{path}: the final window must be in (0, 1], got {fraction}")
     with open(path) as f:
@@ -59,11 +69,20 @@ def read_export(path: str, fraction: float = 0.1) -> tuple[str, dict[str, Runs]]
     algorithms = export[env][task]
     first_step = next(iter(next(iter(algorithms.values())).values()))["step_0"]
     metric = "return_ratio" if "return_ratio" in first_step else "win_rate"
+    if protocol != "published":
+        metric = f"{metric}_{protocol}"
     result = {}
     for name, runs in algorithms.items():
         finals, reached = [], []
-        for evaluations in runs.values():
-            points = sorted((e["step_count"], e[metric][0]) for key, e in evaluations.items() if key.startswith("step_"))
+        for run, evaluations in runs.items():
+            if not any(metric in e for key, e in evaluations.items() if key.startswith("step_")):
+                raise ValueError(
+                    f"{path}: {name} {run} has no {metric}: its runs did not evaluate under both protocols "
+                    f"(they predate issue 30); use --protocol published for this export"
+                )
+            points = sorted(
+                (e["step_count"], e[metric][0]) for key, e in evaluations.items() if key.startswith("step_") and metric in e
+            )
             steps, values = (np.array(column, dtype=float) for column in zip(*points))
             finals.append(values[steps >= (1 - fraction) * steps.max()].mean())
             reached.append(steps.max())
@@ -71,7 +90,7 @@ def read_export(path: str, fraction: float = 0.1) -> tuple[str, dict[str, Runs]]
     return metric, result
 
 
-def protocol(name: str) -> str:
+def published_protocol(name: str) -> str:
     """The evaluation protocol an algorithm is published with (App. C.3)."""
     return "greedy" if algorithm(name).module.evaluates_greedily else "sampled"
 
@@ -83,6 +102,14 @@ class Cell:
     metric: str
     baseline: Runs
     variant: Runs
+    protocol: str = "published"
+
+    @property
+    def protocols(self) -> str:
+        """Baseline v +DMAC: how each side's evaluations played."""
+        if self.protocol != "published":
+            return f"{self.protocol} v {self.protocol}"
+        return f"{published_protocol(self.family)} v {published_protocol(self.family + '_dmac')}"
 
     def statistics(self) -> dict[str, float]:
         difference, half, p = welch(self.baseline.finals, self.variant.finals)
@@ -102,7 +129,7 @@ class Cell:
         stats = self.statistics()
         n_base, n_variant = len(self.baseline.finals), len(self.variant.finals)
         budget = env_steps_label(min(self.baseline.budget, self.variant.budget))
-        protocols = f"{protocol(self.family)} v {protocol(self.family + '_dmac')}"
+        protocols = self.protocols
         if n_base < 2 or n_variant < 2:
             return f"{stats['difference']:+.3f} ({n_variant} v {n_base} seeds: no interval), {budget}, {protocols}"
         return (
@@ -112,28 +139,29 @@ class Cell:
         )
 
 
-def cells(tasks: list[Task]) -> tuple[list[str], dict[tuple[str, str], Cell]]:
+def cells(tasks: list[Task], protocol: str = "published") -> tuple[list[str], dict[tuple[str, str], Cell]]:
     """Task names in order, and every (family, task) pair with both a baseline and a +DMAC variant."""
     names: list[str] = []
     found: dict[tuple[str, str], Cell] = {}
     for task, path, fraction, families in tasks:
         if task not in names:
             names.append(task)
-        metric, runs = read_export(path, fraction)
+        metric, runs = read_export(path, fraction, protocol)
         for family in families or FAMILIES:
             if family in runs and f"{family}_dmac" in runs:
                 if (family, task) in found:
                     raise ValueError(f"task {task!r}: {family.upper()} is in two exports (give it once)")
-                found[family, task] = Cell(family, task, metric, runs[family], runs[f"{family}_dmac"])
+                found[family, task] = Cell(family, task, metric, runs[family], runs[f"{family}_dmac"], protocol)
     return names, found
 
 
-def markdown(names: list[str], found: dict[tuple[str, str], Cell]) -> str:
+def markdown(names: list[str], found: dict[tuple[str, str], Cell], protocol: str = "published") -> str:
+    protocols = "as published" if protocol == "published" else f"both sides {protocol}"
     lines = [
         "Each cell: +DMAC minus baseline in the final score (return as a fraction of the exact optimum on the games, win "
         "rate on SMAX) with its 95% interval and Welch's p; the probability that a +DMAC run beats a baseline run, with "
         "its 95% stratified-bootstrap interval (rliable); the verdict (Welch, 5%); the seeds (+DMAC v baseline) and the "
-        "budget; the evaluation protocols (baseline v +DMAC, as published). \"-\": not run.",
+        f"budget; the evaluation protocols (baseline v +DMAC, {protocols}). \"-\": not run.",
         "",
         "| family | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
@@ -191,15 +219,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", action="append", required=True, metavar="NAME=EXPORT[@FRACTION][#FAMILY,...]")
     parser.add_argument("--out", required=True)
+    parser.add_argument(
+        "--protocol", choices=PROTOCOLS, default="published",
+        help="the evaluations compared: each algorithm's published protocol (default), or greedy / sampled on both sides",
+    )
     args = parser.parse_args(argv)
     try:
-        names, found = cells([parse_task(spec) for spec in args.task])
+        names, found = cells([parse_task(spec) for spec in args.task], args.protocol)
     except (ValueError, OSError) as error:
         parser.error(str(error))
     if not found:
         parser.error("no family has both its baseline and its +DMAC variant in these exports")
     os.makedirs(args.out, exist_ok=True)
-    text = markdown(names, found)
+    text = markdown(names, found, args.protocol)
     with open(os.path.join(args.out, "paper_table.md"), "w") as f:
         f.write(text)
     figure(names, found, os.path.join(args.out, "paper_table.png"))
