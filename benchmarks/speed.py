@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -200,7 +199,7 @@ def main() -> None:
     print("|" + "---|" * 9, flush=True)
     for env in args.envs:
         if env == "smax" and importlib.util.find_spec("jaxmarl") is None:
-            print(f"| smax | | | skipped: JaxMARL is not installed (pip install -e '.[smax]') | | | | | |", flush=True)
+            print("| smax | | | skipped: JaxMARL is not installed (pip install -e '.[smax]') | | | | | |", flush=True)
             continue
         for n_envs in args.n_envs:
             for algorithm in args.algorithms:

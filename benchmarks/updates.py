@@ -58,7 +58,6 @@ def build(algorithm: str, episodes: int):
 
 def time_ours(module, info, batch, updates: int, warmup: int) -> float:
     import pytorch_lightning as pl
-    import torch
     from torch.utils.data import DataLoader
 
     class FixedBatch(pl.LightningDataModule):
