@@ -77,8 +77,8 @@ def read_export(path: str, fraction: float = 0.1, protocol: str = "published") -
         for run, evaluations in runs.items():
             if not any(metric in e for key, e in evaluations.items() if key.startswith("step_")):
                 raise ValueError(
-                    f"{path}: {name} {run} has no {metric}: its runs did not evaluate under both protocols "
-                    f"(they predate issue 30); use --protocol published for this export"
+                    f"{path}: {name} {run} has no {metric}: its runs did not log both protocols (made before issue 30, "
+                    f"or with evaluation.both_protocols false); use --protocol published for this export"
                 )
             points = sorted(
                 (e["step_count"], e[metric][0]) for key, e in evaluations.items() if key.startswith("step_") and metric in e
