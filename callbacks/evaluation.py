@@ -68,6 +68,7 @@ class Evaluation(pl.Callback):
         self.next_at = 0
         self.last: dict[str, float] = {}
         self.best: dict[str, float] = {}  # the best evaluation so far: metric, value, env_steps
+        self.resumed_env_state: dict[str, Any] | None = None
 
     @property
     def episodes(self) -> int:
@@ -79,6 +80,7 @@ class Evaluation(pl.Callback):
             require_drawing()  # before training, not at the first evaluation
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.evaluator.load_env_state(self.resumed_env_state)
         steps = trainer.datamodule.env_steps
         self.next_at = steps if (self.at_start and steps == 0) else (steps // self.interval + 1) * self.interval
         if steps == 0 and self.at_start:
@@ -131,10 +133,18 @@ class Evaluation(pl.Callback):
         trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, os.path.join(directory, BEST_FILENAME))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": dict(self.best)}
+        state: dict[str, Any] = {"best": dict(self.best)}
+        env_state = self.evaluator.env_state()
+        if env_state is not None:
+            state["env_state"] = env_state
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = dict(state_dict.get("best", {}))
+        # Put back at on_train_start, so that a resumed fit evaluates on where its episodes had got to while
+        # ``dmac test --ckpt_path`` keeps playing the test settings' own episodes. Checkpoints from before the
+        # state was saved lack it: their next evaluation replays the first one's episodes, as such resumes did.
+        self.resumed_env_state = state_dict.get("env_state")
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.evaluator.close()

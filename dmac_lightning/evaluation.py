@@ -86,6 +86,7 @@ class Evaluator:
         self.episodes, self.n_envs = episodes, n_envs or episodes
         self.greedy, self.seed_offset, self.render_episodes = greedy, seed_offset, render_episodes
         self._env: EnvBase | None = None
+        self._restored_env_state: dict[str, torch.Tensor] | None = None
         self._warned_undrawable = False
 
     def greedy_for(self, module: Any) -> bool:
@@ -99,7 +100,28 @@ class Evaluator:
     def env(self, datamodule: Any) -> EnvBase:
         if self._env is None:
             self._env = datamodule.wrap_env(datamodule.make_env(self.n_envs, datamodule.seed + self.seed_offset))
+            if self._restored_env_state is not None:
+                env_extra(self._env, "load_checkpoint_state")(self._restored_env_state)
+                self._restored_env_state = None
         return self._env
+
+    def env_state(self) -> dict[str, torch.Tensor] | None:
+        """Where the evaluation envs' random streams stand, for a checkpoint: a resumed run's next evaluation then
+        plays the episodes (SMAX: the battles) the run would have met had it never stopped, not its first
+        evaluation's again. ``None`` before the first evaluation, or where the env cannot save its state (SMAC)."""
+        if self._env is None:
+            return self._restored_env_state
+        save = env_extra(self._env, "checkpoint_state")
+        return save() if save is not None else None
+
+    def load_env_state(self, state: dict[str, torch.Tensor] | None) -> None:
+        """Put back :meth:`env_state`'s state; the envs take it when they are made (at the next evaluation)."""
+        if state is None:
+            return
+        if self._env is None:
+            self._restored_env_state = state
+        else:
+            env_extra(self._env, "load_checkpoint_state")(state)
 
     def run(self, module: Any, datamodule: Any, greedy: bool | None = None) -> dict[str, float]:
         """Mean return, episode length (and win rate, return ratio where the env knows them), greedy or

@@ -102,3 +102,35 @@ def test_fit_logs_both_protocols_and_trains_as_with_one(tmp_path, monkeypatch, n
     assert logged["loss/critic"] == single["loss/critic"]
     first, second = (torch.load(os.path.join(runs[b], "checkpoints", "last.ckpt"), weights_only=True)["state_dict"] for b in ("true", "false"))
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+
+def test_the_evaluation_envs_state_carries_a_resumed_run_on_to_the_episodes_it_would_have_met():
+    # Without it a resumed run's next evaluation replayed its first evaluation's episodes (on SMAX its first
+    # battles), so its numbers depended on where it had been stopped, and a script replayed on an evaluation's
+    # battles (docs/results/as_published/scripted_reference.py) met other ones.
+    module = ComaDmac()
+    data = connected(module)
+    make_deterministic(module)  # the policy draws nothing: only the envs' own random streams decide the episodes
+    never_stopped = Evaluator(episodes=6, n_envs=3)
+    first = never_stopped.run(module, data)
+    assert never_stopped.env_state() is not None
+    second_state = never_stopped.env_state()
+    second = never_stopped.run(module, data)
+    third = never_stopped.run(module, data)
+    assert len({json.dumps(first), json.dumps(second), json.dumps(third)}) == 3  # the episodes move on
+
+    resumed = Evaluator(episodes=6, n_envs=3)
+    assert resumed.env_state() is None  # nothing to save before the first evaluation
+    resumed.load_env_state(second_state)  # before its envs exist, as at a resume
+    assert torch.equal(resumed.env_state()["rng"], second_state["rng"])  # a checkpoint before its first evaluation keeps it
+    assert resumed.run(module, data) == second and resumed.run(module, data) == third
+    assert Evaluator(episodes=6, n_envs=3).run(module, data) == first  # what every resume used to play
+
+
+def test_a_fit_checkpoint_holds_the_evaluation_envs_state(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", *config_args("coma_dmac"), *FAST])
+    (path,) = glob.glob("lightning_logs/*/*/version_0/checkpoints/last.ckpt")
+    (state,) = [s for key, s in torch.load(path, weights_only=True)["callbacks"].items() if key.startswith("Evaluation")]
+    assert state["best"]["metric"] == "eval/return" and torch.is_tensor(state["env_state"]["rng"])
