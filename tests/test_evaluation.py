@@ -104,7 +104,6 @@ def test_fit_logs_both_protocols_and_trains_as_with_one(tmp_path, monkeypatch, n
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
-
 def test_the_evaluation_envs_state_carries_a_resumed_run_on_to_the_episodes_it_would_have_met():
     # Without it a resumed run's next evaluation replayed its first evaluation's episodes (on SMAX its first
     # battles), so its numbers depended on where it had been stopped, and a script replayed on an evaluation's
